@@ -1,0 +1,102 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dsm.h - the public API of libdsm, the only installed header.
+ *
+ * libdsm gives the N processes ("nodes") of a job one coherent shared address range (DESIGN.md section 2).
+ * This header declares only what is implemented; the names in DESIGN.md section 2 are the contract and later
+ * releases add the rest under those names.
+ *
+ * Conventions: every call returns int, DSM_OK (0) on success or a negative DSM_E* code; dsm_strerror() names it.
+ * Calls marked "collective" must be made by every node of the job, in the same order.
+ * All calls are thread-safe once dsm_init() has returned, unless stated otherwise.
+ */
+#ifndef DSM_H
+#define DSM_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(DSM_BUILDING_LIBRARY)
+#define DSM_API __attribute__((visibility("default")))
+#else
+#define DSM_API
+#endif
+
+/* Versions. DSM_API_VERSION is what this header was written for; dsm_init() passes it to the library, which
+ * refuses a program built against a newer major version than itself. */
+#define DSM_VERSION_MAJOR 0
+#define DSM_VERSION_MINOR 1
+#define DSM_VERSION_PATCH 0
+#define DSM_VERSION(maj_x, min_x) (((maj_x) << 16) | (min_x))
+#define DSM_API_VERSION DSM_VERSION(DSM_VERSION_MAJOR, DSM_VERSION_MINOR)
+
+/*
+ * Status codes, grouped by what is lost: the call (-1..-19), a peer (-20..-39), the job (-40 and below).
+ */
+enum dsm_status {
+    DSM_OK = 0,
+    /* The call failed; nothing else is affected. */
+    DSM_EINVAL = -1,       /* invalid argument or setting (the log names it) */
+    DSM_ENOMEM = -2,       /* out of memory or address space */
+    DSM_ENOSYS = -3,       /* not supported by this build or transport */
+    DSM_EBUSY = -4,        /* resource busy */
+    DSM_EALREADY = -5,     /* dsm_init called twice */
+    DSM_ENOTINIT = -6,     /* libdsm is not initialized */
+    DSM_EMISMATCH = -7,    /* nodes disagree (settings, collective calls, versions) */
+    DSM_ESYS = -8,         /* a system call failed (the log gives errno) */
+    DSM_EVERSION = -9,     /* the program was built for a newer libdsm */
+    /* A peer misbehaved or could not be reached. */
+    DSM_ETIMEDOUT = -20,   /* no answer within DSM_TIMEOUT */
+    DSM_EPROTO = -21,      /* malformed or unexpected message */
+    DSM_EUNREACH = -22,    /* a peer could not be reached by any transport */
+    DSM_EBOOTSTRAP = -23,  /* the rendezvous (dsmrun, PMIx) failed */
+    /* The job cannot continue. */
+    DSM_ENODE = -40        /* a node was lost */
+};
+
+/*
+ * Start libdsm. Collective. Reads the DSM_* settings from the environment (dsm_info lists them), joins the job
+ * (dsmrun, PMIx or DSM_RANK/DSM_SIZE/DSM_COORD; else a single-node run) and connects to every peer.
+ * argc/argv may be NULL; they are not modified in this version.
+ * Errors: DSM_EALREADY, DSM_EINVAL (a bad setting), DSM_EMISMATCH (nodes disagree), DSM_EBOOTSTRAP, DSM_EUNREACH,
+ * DSM_ETIMEDOUT, DSM_EVERSION. On error nothing is left initialized and the call may be retried.
+ */
+DSM_API int dsm_init_version(int api_version, int *argc, char ***argv);
+static inline int dsm_init(int *argc, char ***argv)
+{
+    return dsm_init_version(DSM_API_VERSION, argc, argv);
+}
+
+/* Leave the job. Collective: waits for every node, then closes the connections. Prints statistics to stderr when
+ * DSM_STATS=1. Errors: DSM_ENOTINIT, DSM_ETIMEDOUT. */
+DSM_API int dsm_finalize(void);
+
+/* This node's index in [0, dsm_size()), and the number of nodes; -1 before dsm_init. */
+DSM_API int dsm_rank(void);
+DSM_API int dsm_size(void);
+
+/* Block until every node has entered the barrier. Collective; message-based (a dissemination barrier), and a full
+ * memory fence. Calls from several threads of one node are serialized: each is one barrier of the job.
+ * Errors: DSM_ENOTINIT, DSM_ETIMEDOUT. A lost node fails the job stop (DESIGN.md 4.7). */
+DSM_API int dsm_barrier(void);
+
+/* A static description of a status code; never NULL, also for unknown values. */
+DSM_API const char *dsm_strerror(int status);
+
+/* The status of the calling thread's last failed call that returns a pointer or an index. */
+DSM_API int dsm_last_error(void);
+
+/* The providers this node uses, e.g. "tcp", or "self" for a single-node run; "none" before dsm_init.
+ * The string is static. */
+DSM_API const char *dsm_transport_name(void);
+
+/* The library's version as DSM_VERSION(major, minor) and its "major.minor.patch" string. */
+DSM_API int dsm_version(void);
+DSM_API const char *dsm_version_string(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DSM_H */

@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * core.h - libdsm's internal core API: the job (rank, size, bootstrap), the transports in use per peer, the
+ * active-message handler table, one-sided operations and their completion, fail-stop. Used by the rest of
+ * libdsm/ and by the tests (linked to the convenience library); nothing here is exported from libdsm.so.
+ */
+#ifndef DSM_CORE_H
+#define DSM_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "libdsm/boot.h"
+#include "libdsm/settings.h"
+#include "transport/futex.h"
+#include "transport/transport.h"
+
+/* Active-message handler ids. The core owns 1..127; tests use DSM_AM_TEST_FIRST and up. */
+enum {
+    DSM_AM_BARRIER = 1,
+    DSM_AM_TEST_FIRST = 200,
+};
+
+/* A registration on every node: this node's key and every peer's key for the same collective call. */
+typedef struct dsm_mreg {
+    void *addr;
+    size_t len;
+    dsm_tp_mr_t mr[DSM_TP_MAX];  /* one per active provider */
+    dsm_tp_rkey_t *rkey;         /* [size]: the key to name peer p's registration with */
+} dsm_mreg_t;
+
+typedef struct dsm_stats_core {
+    uint64_t msgs_tx, bytes_tx, msgs_rx, bytes_rx;
+    uint64_t conns_refused;  /* connections refused by the handshake */
+} dsm_stats_core_t;
+
+/* The calling node. */
+int dsm_core_rank(void);
+int dsm_core_size(void);
+dsm_boot_t *dsm_core_boot(void);
+const dsm_config_t *dsm_core_config(void);
+
+/* Handlers run on the progress thread and must not block. Registering an id twice is DSM_EBUSY. */
+int dsm_am_register(uint8_t am_id, dsm_tp_am_fn_t fn, void *arg);
+/* Send to peer (self runs the handler in the calling thread). */
+int dsm_am_send(int peer, uint8_t am_id, const void *hdr, size_t hdr_len, const void *payload, size_t len);
+
+/* Collective: register [addr, addr+len) with every provider in use and exchange keys through the rendezvous. */
+int dsm_mreg_create(void *addr, size_t len, dsm_mreg_t **mreg_p);
+/* Collective. */
+int dsm_mreg_destroy(dsm_mreg_t *mreg);
+
+/* Non-blocking one-sided operations on peer's part of a collective registration; wait with dsm_req_wait. */
+int dsm_rma_put_nb(int peer, const void *src, size_t len, const dsm_mreg_t *m, uint64_t off, dsm_tp_req_t *req);
+int dsm_rma_get_nb(int peer, void *dst, size_t len, const dsm_mreg_t *m, uint64_t off, dsm_tp_req_t *req);
+int dsm_rma_atomic_nb(int peer, enum dsm_tp_atomic_op op, const dsm_mreg_t *m, uint64_t off, uint64_t operand,
+                      uint64_t compare, dsm_tp_req_t *req);
+/* Blocking forms. */
+int dsm_rma_put(int peer, const void *src, size_t len, const dsm_mreg_t *m, uint64_t off);
+int dsm_rma_get(int peer, void *dst, size_t len, const dsm_mreg_t *m, uint64_t off);
+int dsm_rma_atomic(int peer, enum dsm_tp_atomic_op op, const dsm_mreg_t *m, uint64_t off, uint64_t operand,
+                   uint64_t compare, uint64_t *old);
+int dsm_rma_flush(int peer);
+
+/* Wait for a request: spin briefly, then futex; DSM_ETIMEDOUT after DSM_TIMEOUT. Returns the request's status. */
+int dsm_req_wait(dsm_tp_req_t *req);
+void dsm_req_init(dsm_tp_req_t *req);
+
+
+/* Fail-stop (DESIGN.md 4.7): report "libdsm: node K lost (reason)", tell the launcher, exit non-zero.
+ * Async-signal-safe. */
+__attribute__((noreturn)) void dsm_fail_stop(int node, const char *reason);
+
+/* Counters of this node. */
+void dsm_core_stats(dsm_stats_core_t *s);
+
+/* barrier.c */
+int dsm_barrier_setup(void);
+/* region.c: reserve the shared range at the same address on every node (collective). */
+int dsm_region_reserve(void);
+void dsm_region_release(void);
+
+#endif /* DSM_CORE_H */

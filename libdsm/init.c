@@ -1,0 +1,719 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * init.c - the life of a node: dsm_init (settings, bootstrap, shared range, transport selection, connections,
+ * progress thread), dsm_finalize, and the services the core gives providers (dispatch, completion, fail-stop).
+ *
+ * Transport selection (DESIGN.md 4.4): every node publishes its DSM_TRANSPORT list and, for each provider it
+ * started, its address. All lists must be equal (else DSM_EMISMATCH on every node). Each peer is then reached by
+ * the first provider of the list that both ends started; a peer with none fails dsm_init, naming it.
+ * A provider named explicitly but not built is an error; one from the default list is skipped at info level.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dsm.h"
+#include "libdsm/core.h"
+#include "libdsm/error.h"
+#include "libdsm/log.h"
+#include "transport/wire.h"
+
+struct tp_inst {
+    const struct dsm_tp_ops *ops;
+    dsm_tp_t *tp;
+    int used;  /* serves at least one peer */
+};
+
+static struct {
+    pthread_mutex_t lock;  /* init/finalize */
+    int up;
+    int finalizing;
+    dsm_config_t cfg;
+    dsm_boot_t boot;
+    int rank, size;
+    dsm_tp_core_t services;
+    int ntp;
+    struct tp_inst tp[DSM_TP_MAX];
+    int8_t *peer_tp;  /* [size]: index into tp, -1 for self */
+    char tp_name[64];
+    pthread_t progress;
+    int progress_running;
+    int progress_stop;
+    struct {
+        dsm_tp_am_fn_t fn;
+        void *arg;
+    } am[256];
+    uint64_t msgs_tx, bytes_tx, msgs_rx, bytes_rx, conns_refused;
+} core = {.lock = PTHREAD_MUTEX_INITIALIZER, .rank = -1, .size = -1};
+
+int dsm_core_rank(void) { return core.rank; }
+int dsm_core_size(void) { return core.size; }
+dsm_boot_t *dsm_core_boot(void) { return &core.boot; }
+const dsm_config_t *dsm_core_config(void) { return &core.cfg; }
+
+static void core_log(int level, const char *prov, const char *fmt, ...)
+{
+    if (level > dsm_log_level)
+        return;
+    char buf[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    dsm_log_emit(level, prov, "%s", buf);
+}
+
+void dsm_req_init(dsm_tp_req_t *req)
+{
+    req->done = 0;
+    req->status = DSM_OK;
+    req->value = 0;
+}
+
+static void core_complete(dsm_tp_req_t *req, int status, uint64_t value)
+{
+    req->status = status;
+    req->value = value;
+    __atomic_store_n(&req->done, 1, __ATOMIC_RELEASE);
+    dsm_futex_wake(&req->done);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A live peer's provider answers within DSM_TIMEOUT; one that does not is lost, and the request may still be
+ * written to by the provider, so there is no returning from here with the request pending. */
+static int req_wait_peer(dsm_tp_req_t *req, int peer)
+{
+    for (int spin = 0; spin < 4000; spin++) {
+        if (__atomic_load_n(&req->done, __ATOMIC_ACQUIRE))
+            return req->status;
+        __builtin_ia32_pause();
+    }
+    int64_t deadline = now_ms() + (int64_t)core.cfg.timeout_s * 1000;
+    while (!__atomic_load_n(&req->done, __ATOMIC_ACQUIRE)) {
+        int64_t left = deadline - now_ms();
+        if (left <= 0)
+            dsm_fail_stop(peer, "no reply within DSM_TIMEOUT");
+        dsm_futex_wait(&req->done, 0, left > 100 ? 100 : (int)left);
+    }
+    return req->status;
+}
+
+int dsm_req_wait(dsm_tp_req_t *req)
+{
+    return req_wait_peer(req, -1);
+}
+
+/* ---- fail-stop ---- */
+
+static size_t put_str(char *out, size_t at, size_t cap, const char *s)
+{
+    while (*s && at + 1 < cap)
+        out[at++] = *s++;
+    out[at] = '\0';
+    return at;
+}
+
+__attribute__((noreturn)) void dsm_fail_stop(int node, const char *reason)
+{
+    char msg[256], num[16];
+    size_t n = 0;
+    int k = 0;
+    unsigned u = node < 0 ? 0 : (unsigned)node;
+    do {
+        num[k++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    char digits[16];
+    for (int i = 0; i < k; i++)
+        digits[i] = num[k - 1 - i];
+    digits[k] = '\0';
+    if (node >= 0) {
+        n = put_str(msg, n, sizeof msg, "libdsm: node ");
+        n = put_str(msg, n, sizeof msg, digits);
+        n = put_str(msg, n, sizeof msg, " lost (");
+    } else {
+        n = put_str(msg, n, sizeof msg, "libdsm: job failed (");
+    }
+    n = put_str(msg, n, sizeof msg, reason);
+    n = put_str(msg, n, sizeof msg, ")");
+    dsm_log_raw(msg);
+    if (core.boot.note_abort && core.boot.priv)
+        core.boot.note_abort(&core.boot, msg);
+    _exit(1);
+}
+
+static void core_peer_lost(int peer, const char *reason)
+{
+    dsm_fail_stop(peer, reason);
+}
+
+/* ---- active messages ---- */
+
+static int core_am_dispatch(int src, uint8_t am_id, const void *hdr, size_t hdr_len, const void *payload,
+                            size_t len)
+{
+    __atomic_add_fetch(&core.msgs_rx, 1, __ATOMIC_RELAXED);
+    dsm_tp_am_fn_t fn = __atomic_load_n(&core.am[am_id].fn, __ATOMIC_ACQUIRE);
+    if (!fn) {
+        dsm_err("message from node %d for handler %u, which is not registered", src, am_id);
+        return DSM_EPROTO;
+    }
+    return fn(core.am[am_id].arg, src, am_id, hdr, hdr_len, payload, len);
+}
+
+static void core_count_tx(size_t bytes)
+{
+    __atomic_add_fetch(&core.bytes_tx, bytes, __ATOMIC_RELAXED);
+}
+
+static void core_count_rx(size_t bytes)
+{
+    __atomic_add_fetch(&core.bytes_rx, bytes, __ATOMIC_RELAXED);
+}
+
+static void core_count_refused(void)
+{
+    __atomic_add_fetch(&core.conns_refused, 1, __ATOMIC_RELAXED);
+}
+
+static const char *core_setting(const char *name)
+{
+    if (strcmp(name, "DSM_TCP_IFACE") == 0)
+        return core.cfg.tcp_iface[0] ? core.cfg.tcp_iface : NULL;
+    return NULL;
+}
+
+int dsm_am_register(uint8_t am_id, dsm_tp_am_fn_t fn, void *arg)
+{
+    if (!fn || am_id == 0)
+        return DSM_EINVAL;
+    if (__atomic_load_n(&core.am[am_id].fn, __ATOMIC_ACQUIRE))
+        return DSM_EBUSY;
+    core.am[am_id].arg = arg;
+    __atomic_store_n(&core.am[am_id].fn, fn, __ATOMIC_RELEASE);
+    return DSM_OK;
+}
+
+static int peer_ok(int peer)
+{
+    return core.up && peer >= 0 && peer < core.size;
+}
+
+int dsm_am_send(int peer, uint8_t am_id, const void *hdr, size_t hdr_len, const void *payload, size_t len)
+{
+    if (!peer_ok(peer) || hdr_len > DSM_TP_AM_HDR_MAX || len > DSM_TP_AM_PAYLOAD_MAX || am_id == 0)
+        return DSM_EINVAL;
+    __atomic_add_fetch(&core.msgs_tx, 1, __ATOMIC_RELAXED);
+    if (peer == core.rank)
+        return core_am_dispatch(peer, am_id, hdr, hdr_len, payload, len);
+    struct tp_inst *t = &core.tp[core.peer_tp[peer]];
+    return t->ops->am_send(t->tp, peer, am_id, hdr, hdr_len, payload, len);
+}
+
+/* ---- registrations and one-sided operations ---- */
+
+int dsm_mreg_create(void *addr, size_t len, dsm_mreg_t **mreg_p)
+{
+    if (!core.up || !addr || !len)
+        return DSM_EINVAL;
+    dsm_mreg_t *m = calloc(1, sizeof *m);
+    if (!m || !(m->rkey = calloc((size_t)core.size, sizeof *m->rkey))) {
+        free(m);
+        return DSM_ENOMEM;
+    }
+    m->addr = addr;
+    m->len = len;
+    int rc = DSM_OK, nreg = 0;
+    for (; nreg < core.ntp && rc == DSM_OK; nreg++)
+        if (core.tp[nreg].used)
+            rc = core.tp[nreg].ops->mem_reg(core.tp[nreg].tp, addr, len, &m->mr[nreg]);
+    /* Publish one key per provider, whether or not registration worked, so no node waits for a missing key.
+     * Registrations are collective, so a per-node sequence number names this one on every node. */
+    static unsigned seq;
+    unsigned id = __atomic_fetch_add(&seq, 1, __ATOMIC_RELAXED);
+    uint8_t blob[DSM_TP_MAX][20];
+    for (int i = 0; i < core.ntp; i++) {
+        dsm_le64_put(blob[i], (uint64_t)(uintptr_t)addr);
+        dsm_le64_put(blob[i] + 8, len);
+        dsm_le32_put(blob[i] + 16, rc == DSM_OK ? m->mr[i].key : UINT32_MAX);
+    }
+    char key[64];
+    snprintf(key, sizeof key, "mreg.%u", id);
+    int prc = core.boot.put(&core.boot, key, blob, sizeof blob[0] * (size_t)core.ntp);
+    if (prc == DSM_OK)
+        prc = core.boot.fence(&core.boot);
+    for (int p = 0; prc == DSM_OK && p < core.size; p++) {
+        if (p == core.rank) {
+            m->rkey[p] = (dsm_tp_rkey_t){.addr = (uint64_t)(uintptr_t)addr, .len = len};
+            continue;
+        }
+        uint8_t theirs[DSM_TP_MAX][20];
+        size_t n = sizeof theirs;
+        prc = core.boot.get(&core.boot, p, key, theirs, &n);
+        if (prc != DSM_OK)
+            break;
+        int i = core.peer_tp[p];
+        if (n != sizeof theirs[0] * (size_t)core.ntp || dsm_le32_get(theirs[i] + 16) == UINT32_MAX) {
+            dsm_err("node %d could not register memory for a collective registration", p);
+            prc = DSM_EMISMATCH;
+            break;
+        }
+        m->rkey[p].addr = dsm_le64_get(theirs[i]);
+        m->rkey[p].len = dsm_le64_get(theirs[i] + 8);
+        m->rkey[p].key = dsm_le32_get(theirs[i] + 16);
+    }
+    if (rc == DSM_OK)
+        rc = prc;
+    if (rc != DSM_OK) {
+        for (int i = 0; i < nreg; i++)
+            if (core.tp[i].used && m->mr[i].len)
+                core.tp[i].ops->mem_dereg(core.tp[i].tp, &m->mr[i]);
+        free(m->rkey);
+        free(m);
+        return rc;
+    }
+    *mreg_p = m;
+    return DSM_OK;
+}
+
+int dsm_mreg_destroy(dsm_mreg_t *m)
+{
+    if (!m)
+        return DSM_OK;
+    /* Peers may still be reading this node's memory until they all stop using it. */
+    int rc = dsm_barrier();
+    for (int i = 0; i < core.ntp; i++)
+        if (core.tp[i].used)
+            core.tp[i].ops->mem_dereg(core.tp[i].tp, &m->mr[i]);
+    free(m->rkey);
+    free(m);
+    return rc;
+}
+
+static int rma_check(int peer, size_t len, const dsm_mreg_t *m, uint64_t off)
+{
+    if (!peer_ok(peer) || !m || peer == core.rank || off > m->rkey[peer].len || len > m->rkey[peer].len - off)
+        return DSM_EINVAL;
+    return DSM_OK;
+}
+
+#define PEER_TP(peer_x) (&core.tp[core.peer_tp[peer_x]])
+
+int dsm_rma_put_nb(int peer, const void *src, size_t len, const dsm_mreg_t *m, uint64_t off, dsm_tp_req_t *req)
+{
+    int rc = rma_check(peer, len, m, off);
+    if (rc)
+        return rc;
+    dsm_req_init(req);
+    return PEER_TP(peer)->ops->put(PEER_TP(peer)->tp, peer, src, len, &m->rkey[peer], off, req);
+}
+
+int dsm_rma_get_nb(int peer, void *dst, size_t len, const dsm_mreg_t *m, uint64_t off, dsm_tp_req_t *req)
+{
+    int rc = rma_check(peer, len, m, off);
+    if (rc)
+        return rc;
+    dsm_req_init(req);
+    return PEER_TP(peer)->ops->get(PEER_TP(peer)->tp, peer, dst, len, &m->rkey[peer], off, req);
+}
+
+int dsm_rma_atomic_nb(int peer, enum dsm_tp_atomic_op op, const dsm_mreg_t *m, uint64_t off, uint64_t operand,
+                      uint64_t compare, dsm_tp_req_t *req)
+{
+    int rc = rma_check(peer, 8, m, off);
+    if (rc)
+        return rc;
+    if ((m->rkey[peer].addr + off) % 8 || (op != DSM_TP_ATOMIC_FADD && op != DSM_TP_ATOMIC_CSWAP))
+        return DSM_EINVAL;
+    dsm_req_init(req);
+    return PEER_TP(peer)->ops->atomic(PEER_TP(peer)->tp, peer, op, &m->rkey[peer], off, operand, compare, req);
+}
+
+int dsm_rma_put(int peer, const void *src, size_t len, const dsm_mreg_t *m, uint64_t off)
+{
+    dsm_tp_req_t req;
+    int rc = dsm_rma_put_nb(peer, src, len, m, off, &req);
+    return rc ? rc : req_wait_peer(&req, peer);
+}
+
+int dsm_rma_get(int peer, void *dst, size_t len, const dsm_mreg_t *m, uint64_t off)
+{
+    dsm_tp_req_t req;
+    int rc = dsm_rma_get_nb(peer, dst, len, m, off, &req);
+    return rc ? rc : req_wait_peer(&req, peer);
+}
+
+int dsm_rma_atomic(int peer, enum dsm_tp_atomic_op op, const dsm_mreg_t *m, uint64_t off, uint64_t operand,
+                   uint64_t compare, uint64_t *old)
+{
+    dsm_tp_req_t req;
+    int rc = dsm_rma_atomic_nb(peer, op, m, off, operand, compare, &req);
+    if (rc == DSM_OK)
+        rc = req_wait_peer(&req, peer);
+    if (rc == DSM_OK && old)
+        *old = req.value;
+    return rc;
+}
+
+int dsm_rma_flush(int peer)
+{
+    if (!peer_ok(peer) || peer == core.rank)
+        return DSM_EINVAL;
+    return PEER_TP(peer)->ops->flush(PEER_TP(peer)->tp, peer);
+}
+
+void dsm_core_stats(dsm_stats_core_t *s)
+{
+    s->msgs_tx = __atomic_load_n(&core.msgs_tx, __ATOMIC_RELAXED);
+    s->bytes_tx = __atomic_load_n(&core.bytes_tx, __ATOMIC_RELAXED);
+    s->msgs_rx = __atomic_load_n(&core.msgs_rx, __ATOMIC_RELAXED);
+    s->bytes_rx = __atomic_load_n(&core.bytes_rx, __ATOMIC_RELAXED);
+    s->conns_refused = __atomic_load_n(&core.conns_refused, __ATOMIC_RELAXED);
+}
+
+/* ---- progress thread ---- */
+
+static void *progress_main(void *arg)
+{
+    (void)arg;
+    int slice = 100 / (core.ntp ? core.ntp : 1);
+    while (!__atomic_load_n(&core.progress_stop, __ATOMIC_ACQUIRE))
+        for (int i = 0; i < core.ntp; i++)
+            if (core.tp[i].used)
+                core.tp[i].ops->progress(core.tp[i].tp, slice);
+    return NULL;
+}
+
+/* ---- transport selection ---- */
+
+static void tp_close_all(void)
+{
+    for (int i = 0; i < core.ntp; i++)
+        if (core.tp[i].tp)
+            core.tp[i].ops->finalize(core.tp[i].tp);
+    memset(core.tp, 0, sizeof core.tp);
+    core.ntp = 0;
+}
+
+static int tp_agree_lists(char *err, size_t err_len)
+{
+    char mine[sizeof core.cfg.tp_list];
+    snprintf(mine, sizeof mine, "%s", core.cfg.tp_list);
+    int rc = core.boot.put(&core.boot, "tp.list", mine, strlen(mine) + 1);
+    if (rc == DSM_OK)
+        rc = core.boot.fence(&core.boot);
+    for (int p = 0; rc == DSM_OK && p < core.size; p++) {
+        char theirs[sizeof mine];
+        size_t n = sizeof theirs;
+        rc = core.boot.get(&core.boot, p, "tp.list", theirs, &n);
+        if (rc == DSM_OK && (n == 0 || theirs[n - 1] != '\0' || strcmp(theirs, mine) != 0)) {
+            snprintf(err, err_len, "DSM_TRANSPORT differs between nodes: node %d has '%s', node %d has '%.*s'",
+                     core.rank, mine, p, (int)(n ? n - 1 : 0), theirs);
+            return DSM_EMISMATCH;
+        }
+    }
+    if (rc != DSM_OK)
+        snprintf(err, err_len, "the rendezvous failed while comparing DSM_TRANSPORT");
+    return rc;
+}
+
+static int tp_select(char *err, size_t err_len)
+{
+    int rc = tp_agree_lists(err, err_len);
+    if (rc)
+        return rc;
+    /* Start every provider of the list that is built; publish an address for each that started. */
+    for (int i = 0; i < core.cfg.ntp; i++) {
+        const char *name = core.cfg.tp[i];
+        const struct dsm_tp_ops *ops = dsm_tp_lookup(name);
+        if (!ops) {
+            if (core.cfg.tp_explicit) {
+                snprintf(err, err_len, "DSM_TRANSPORT='%s': transport '%s' was not built into this libdsm "
+                         "(built: tcp; see dsm_info)", core.cfg.tp_list, name);
+                return DSM_ENOSYS;
+            }
+            dsm_info("transport %s: not built, skipped", name);
+            continue;
+        }
+        struct tp_inst *t = &core.tp[core.ntp++];
+        t->ops = ops;
+        char why[256] = "";
+        uint8_t addr[DSM_TP_ADDR_MAX];
+        size_t alen = 0;
+        if (ops->init(&core.services, &t->tp, why, sizeof why) != DSM_OK) {
+            dsm_info("transport %s: cannot start here: %s", name, why);
+            t->tp = NULL;
+        } else {
+            alen = sizeof addr;
+            if (ops->addr_get(t->tp, addr, &alen) != DSM_OK) {
+                dsm_info("transport %s: no address to publish", name);
+                ops->finalize(t->tp);
+                t->tp = NULL;
+                alen = 0;
+            }
+        }
+        char key[32];
+        snprintf(key, sizeof key, "tp.%s", name);
+        if ((rc = core.boot.put(&core.boot, key, addr, alen)))
+            return rc;
+    }
+    if (core.ntp == 0) {
+        snprintf(err, err_len, "DSM_TRANSPORT='%s' names no transport built into this libdsm (built: tcp)",
+                 core.cfg.tp_list);
+        return DSM_ENOSYS;
+    }
+    if ((rc = core.boot.fence(&core.boot)))
+        return rc;
+
+    /* Choose per peer; fetch the addresses of the chosen provider. */
+    void **addrs[DSM_TP_MAX] = {0};
+    size_t *lens[DSM_TP_MAX] = {0};
+    for (int i = 0; i < core.ntp; i++) {
+        addrs[i] = calloc((size_t)core.size, sizeof(void *));
+        lens[i] = calloc((size_t)core.size, sizeof(size_t));
+        if (!addrs[i] || !lens[i]) {
+            rc = DSM_ENOMEM;
+            goto out;
+        }
+    }
+    for (int p = 0; p < core.size; p++) {
+        core.peer_tp[p] = -1;
+        if (p == core.rank)
+            continue;
+        for (int i = 0; i < core.ntp && core.peer_tp[p] < 0; i++) {
+            if (!core.tp[i].tp)
+                continue;
+            uint8_t buf[DSM_TP_ADDR_MAX];
+            size_t n = sizeof buf;
+            char key[32];
+            snprintf(key, sizeof key, "tp.%s", core.tp[i].ops->name);
+            if ((rc = core.boot.get(&core.boot, p, key, buf, &n)) != DSM_OK) {
+                snprintf(err, err_len, "node %d published no address for transport %s", p, core.tp[i].ops->name);
+                goto out;
+            }
+            if (n == 0)
+                continue;
+            if (!(addrs[i][p] = malloc(n))) {
+                rc = DSM_ENOMEM;
+                goto out;
+            }
+            memcpy(addrs[i][p], buf, n);
+            lens[i][p] = n;
+            core.peer_tp[p] = (int8_t)i;
+            core.tp[i].used = 1;
+        }
+        if (core.peer_tp[p] < 0) {
+            snprintf(err, err_len, "node %d cannot be reached by any transport of DSM_TRANSPORT='%s' "
+                     "(run with DSM_LOG_LEVEL=info for the reasons)", p, core.cfg.tp_list);
+            rc = DSM_EUNREACH;
+            goto out;
+        }
+    }
+    for (int i = 0; i < core.ntp; i++) {
+        if (!core.tp[i].used)
+            continue;
+        rc = core.tp[i].ops->connect(core.tp[i].tp, (const void *const *)addrs[i], lens[i]);
+        if (rc) {
+            snprintf(err, err_len, "transport %s could not connect to every peer (see the log above)",
+                     core.tp[i].ops->name);
+            goto out;
+        }
+    }
+    /* Name the mix, in preference order. */
+    core.tp_name[0] = '\0';
+    for (int i = 0; i < core.ntp; i++)
+        if (core.tp[i].used)
+            snprintf(core.tp_name + strlen(core.tp_name), sizeof core.tp_name - strlen(core.tp_name), "%s%s",
+                     core.tp_name[0] ? "+" : "", core.tp[i].ops->name);
+out:
+    for (int i = 0; i < core.ntp; i++) {
+        for (int p = 0; addrs[i] && p < core.size; p++)
+            free(addrs[i][p]);
+        free(addrs[i]);
+        free(lens[i]);
+    }
+    return rc;
+}
+
+/* ---- init and finalize ---- */
+
+static void teardown(int clean)
+{
+    if (core.progress_running) {
+        __atomic_store_n(&core.progress_stop, 1, __ATOMIC_RELEASE);
+        pthread_join(core.progress, NULL);
+        core.progress_running = 0;
+    }
+    tp_close_all();
+    dsm_region_release();
+    free(core.peer_tp);
+    core.peer_tp = NULL;
+    if (core.boot.fini)
+        core.boot.fini(&core.boot, clean);
+    memset(&core.boot, 0, sizeof core.boot);
+    memset(core.am, 0, sizeof core.am);
+    core.up = 0;
+    core.finalizing = 0;
+    core.rank = core.size = -1;
+    dsm_log_set_rank(-1);
+}
+
+DSM_API int dsm_init_version(int api_version, int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    if ((api_version >> 16) > DSM_VERSION_MAJOR) {
+        fprintf(stderr, "libdsm: this program was built for libdsm API %d.%d, newer than this library (%s)\n",
+                api_version >> 16, api_version & 0xffff, PACKAGE_VERSION);
+        return DSM_EVERSION;
+    }
+    pthread_mutex_lock(&core.lock);
+    if (core.up) {
+        pthread_mutex_unlock(&core.lock);
+        return DSM_EALREADY;
+    }
+    char err[512] = "";
+    int rc = dsm_config_parse(&core.cfg, (dsm_getenv_fn_t)getenv, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "libdsm: %s\n", err);
+        pthread_mutex_unlock(&core.lock);
+        return rc;
+    }
+    dsm_log_level = core.cfg.log_level;
+    if ((rc = dsm_boot_open(&core.cfg, &core.boot, err, sizeof err))) {
+        dsm_err("bootstrap failed: %s", err);
+        memset(&core.boot, 0, sizeof core.boot);
+        pthread_mutex_unlock(&core.lock);
+        return rc;
+    }
+    core.rank = core.boot.rank;
+    core.size = core.boot.size;
+    dsm_log_set_rank(core.rank);
+    core.up = 1;
+    core.progress_stop = 0;
+    core.services = (dsm_tp_core_t){
+        .abi_version = DSM_TP_ABI_VERSION,
+        .rank = core.rank,
+        .size = core.size,
+        .job_id = core.boot.job_id,
+        .timeout_ms = core.cfg.timeout_s * 1000,
+        .log = core_log,
+        .am_dispatch = core_am_dispatch,
+        .complete = core_complete,
+        .peer_lost = core_peer_lost,
+        .count_tx = core_count_tx,
+        .count_rx = core_count_rx,
+        .count_refused = core_count_refused,
+        .setting = core_setting,
+    };
+    dsm_debug("joined job %016llx as rank %d of %d through %s", (unsigned long long)core.boot.job_id, core.rank,
+              core.size, core.boot.name);
+
+    if (!(core.peer_tp = calloc((size_t)core.size, sizeof *core.peer_tp))) {
+        rc = DSM_ENOMEM;
+        snprintf(err, sizeof err, "out of memory");
+        goto fail;
+    }
+    if ((rc = dsm_barrier_setup()) || (rc = dsm_region_reserve())) {
+        snprintf(err, sizeof err, "%s", dsm_strerror(rc));
+        goto fail;
+    }
+    if (core.size == 1) {
+        snprintf(core.tp_name, sizeof core.tp_name, "self");
+    } else {
+        if ((rc = tp_select(err, sizeof err)))
+            goto fail;
+        if (pthread_create(&core.progress, NULL, progress_main, NULL)) {
+            rc = DSM_ESYS;
+            snprintf(err, sizeof err, "cannot start the progress thread");
+            goto fail;
+        }
+        core.progress_running = 1;
+    }
+    dsm_info("rank %d of %d up, transport %s", core.rank, core.size, core.tp_name);
+    pthread_mutex_unlock(&core.lock);
+    /* Nobody leaves dsm_init before every node is connected. */
+    rc = dsm_barrier();
+    if (rc) {
+        pthread_mutex_lock(&core.lock);
+        snprintf(err, sizeof err, "the first barrier failed");
+        goto fail;
+    }
+    return DSM_OK;
+fail:
+    dsm_err("dsm_init failed: %s", err);
+    teardown(0);
+    pthread_mutex_unlock(&core.lock);
+    return rc;
+}
+
+DSM_API int dsm_finalize(void)
+{
+    pthread_mutex_lock(&core.lock);
+    if (!core.up) {
+        pthread_mutex_unlock(&core.lock);
+        return DSM_ENOTINIT;
+    }
+    pthread_mutex_unlock(&core.lock);
+    int rc = dsm_barrier();
+    pthread_mutex_lock(&core.lock);
+    core.finalizing = 1;
+    /* Say bye on every connection, then wait for every peer's bye: all their earlier messages are then in. */
+    for (int p = 0; rc == DSM_OK && p < core.size; p++)
+        if (p != core.rank)
+            rc = PEER_TP(p)->ops->bye(PEER_TP(p)->tp, p);
+    int64_t deadline = now_ms() + (int64_t)core.cfg.timeout_s * 1000;
+    for (int p = 0; rc == DSM_OK && p < core.size; p++) {
+        while (p != core.rank && !PEER_TP(p)->ops->peer_left(PEER_TP(p)->tp, p)) {
+            if (now_ms() > deadline) {
+                dsm_err("node %d did not finish dsm_finalize within DSM_TIMEOUT", p);
+                rc = DSM_ETIMEDOUT;
+                break;
+            }
+            usleep(200);
+        }
+    }
+    if (core.cfg.stats) {
+        dsm_stats_core_t s;
+        dsm_core_stats(&s);
+        fprintf(stderr,
+                "libdsm[%d] stats: transport %s, sent %llu messages %llu bytes, received %llu messages %llu bytes\n",
+                core.rank, core.tp_name, (unsigned long long)s.msgs_tx, (unsigned long long)s.bytes_tx,
+                (unsigned long long)s.msgs_rx, (unsigned long long)s.bytes_rx);
+    }
+    teardown(rc == DSM_OK);
+    pthread_mutex_unlock(&core.lock);
+    return rc;
+}
+
+DSM_API int dsm_rank(void)
+{
+    if (!core.up)
+        dsm_set_last_error(DSM_ENOTINIT);
+    return core.up ? core.rank : -1;
+}
+
+DSM_API int dsm_size(void)
+{
+    if (!core.up)
+        dsm_set_last_error(DSM_ENOTINIT);
+    return core.up ? core.size : -1;
+}
+
+DSM_API const char *dsm_transport_name(void)
+{
+    return core.up ? core.tp_name : "none";
+}

@@ -1,0 +1,158 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * transport.h - the provider interface (DESIGN.md 4.4, STYLE.md 2). Internal, never installed.
+ *
+ * A provider moves bytes between nodes and knows nothing of pages, directories or locks. The core (libdsm/)
+ * gives it a struct of services (logging, dispatch of incoming active messages, completion, loss of a peer) and
+ * drives it through one const struct dsm_tp_ops. Providers are listed in one table (transport/registry.c); the
+ * core picks, per peer, the first provider of DSM_TRANSPORT that both ends started.
+ *
+ * Threads: every op may be called from any thread at any time after init returned, concurrently, except
+ * finalize (once, after every other call has returned). Active-message handlers and completions run on the
+ * thread that calls progress (the core's progress thread) and must not block.
+ *
+ * Completion and ordering, per operation (all "peer" below means one peer through one provider):
+ *   am_send     Returns once the buffers may be reused (the provider copied or sent them). Messages to one peer
+ *               are delivered in the order am_send returned, exactly once, or the peer is reported lost.
+ *   put         The request completes when the data is in the peer's registered memory (remote completion).
+ *               No order with other operations; complete it (or flush) before relying on it.
+ *   put_notify  As put; then the peer's handler am_id runs with hdr, after the data is in place.
+ *   get         The request completes when the data is in dst. The source memory must not change meanwhile.
+ *   atomic      64-bit fetch-add or compare-swap on an 8-byte-aligned registered word, performed by one agent
+ *               at the target (so atomics on one word are linearizable); the request completes with the old
+ *               value. Not atomic with respect to CPU stores on the target unless DSM_TP_CAP_ATOMIC_GLOB.
+ *   flush       Returns when every put/put_notify/get/atomic this node issued to the peer before the call is
+ *               complete, or fails with DSM_ETIMEDOUT.
+ *   progress    Moves data, runs handlers and completions; waits at most timeout_ms for an event.
+ * Buffers given to put/get/atomic belong to the provider until the request completes (STYLE.md 5).
+ * Registered memory (mem_reg) may be the target of peers' put/get/atomic; its key (dsm_tp_rkey_t) travels
+ * through the rendezvous or an active message, and is validated by the target on every use.
+ */
+#ifndef DSM_TRANSPORT_H
+#define DSM_TRANSPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define DSM_TP_ABI_VERSION 1
+
+/* Largest active-message header and payload every provider must accept. */
+#define DSM_TP_AM_HDR_MAX 256u
+#define DSM_TP_AM_PAYLOAD_MAX (16u << 20)
+/* Largest address blob a provider publishes through the rendezvous. */
+#define DSM_TP_ADDR_MAX 512u
+
+/* Capability flags. */
+enum {
+    DSM_TP_CAP_RMA_NATIVE = 1u << 0,    /* put/get without the target's CPU (RDMA) */
+    DSM_TP_CAP_ATOMIC_NATIVE = 1u << 1, /* atomics without the target's CPU */
+    DSM_TP_CAP_ATOMIC_GLOB = 1u << 2,   /* provider atomics are atomic with CPU atomics on the target */
+    DSM_TP_CAP_AM_ORDERED = 1u << 3,    /* active messages and puts to a peer are delivered in issue order */
+};
+
+enum dsm_tp_atomic_op {
+    DSM_TP_ATOMIC_FADD = 1,
+    DSM_TP_ATOMIC_CSWAP = 2,
+};
+
+typedef struct dsm_tp dsm_tp_t; /* a provider instance, opaque to the core */
+
+/* A completion the caller owns and waits on with dsm_tp_req_wait (libdsm/core.h). */
+typedef struct dsm_tp_req {
+    uint32_t done;   /* 0 pending, 1 complete; written by core->complete only */
+    int status;      /* DSM_OK or a DSM_E* code */
+    uint64_t value;  /* atomics: the old value */
+} dsm_tp_req_t;
+
+/* A local registration. */
+typedef struct dsm_tp_mr {
+    void *addr;
+    size_t len;
+    uint32_t key;  /* what a peer names this registration by (rkey for RDMA, table index for TCP) */
+    void *prov;    /* the provider's own handle */
+} dsm_tp_mr_t;
+
+/* A peer's registration as this node names it. addr is the peer's virtual address of the registration. */
+typedef struct dsm_tp_rkey {
+    uint64_t addr;
+    uint64_t len;
+    uint32_t key;
+} dsm_tp_rkey_t;
+
+/* Handler for an incoming active message. Returns DSM_OK, or DSM_EPROTO when the message is malformed, in which
+ * case the provider drops the connection (and the peer is lost). */
+typedef int (*dsm_tp_am_fn_t)(void *arg, int src, uint8_t am_id, const void *hdr, size_t hdr_len,
+                              const void *payload, size_t len);
+
+/* Services the core gives a provider at init. */
+typedef struct dsm_tp_core {
+    uint32_t abi_version;
+    int rank;
+    int size;
+    uint64_t job_id;
+    int timeout_ms;  /* DSM_TIMEOUT: handshakes and waits give up after this */
+    void (*log)(int level, const char *prov, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+    /* Deliver an incoming active message to the core (handler table lookup and statistics). */
+    int (*am_dispatch)(int src, uint8_t am_id, const void *hdr, size_t hdr_len, const void *payload, size_t len);
+    /* Complete a request: store status and value, then wake its waiter. */
+    void (*complete)(dsm_tp_req_t *req, int status, uint64_t value);
+    /* A connected peer's connection failed (EOF, error, malformed frame). Reason is a short phrase. */
+    void (*peer_lost)(int peer, const char *reason);
+    /* Statistics. */
+    void (*count_tx)(size_t bytes);
+    void (*count_rx)(size_t bytes);
+    void (*count_refused)(void);  /* a connection that failed authentication */
+    /* The validated value of a DSM_* setting a provider reads (e.g. DSM_TCP_IFACE), or NULL when unset. */
+    const char *(*setting)(const char *name);
+} dsm_tp_core_t;
+
+/* Log levels shared with libdsm/log.h. */
+enum { DSM_LOG_ERROR = 0, DSM_LOG_WARN, DSM_LOG_INFO, DSM_LOG_DEBUG, DSM_LOG_TRACE };
+
+struct dsm_tp_ops {
+    uint32_t abi_version;  /* DSM_TP_ABI_VERSION */
+    const char *name;
+    uint32_t caps;
+    /* Can this provider start on this host? DSM_OK with what it would use, or a code with the reason, as one line
+     * in why (dsm_info). Only core->log and core->setting are used. */
+    int (*probe)(const dsm_tp_core_t *core, char *why, size_t why_len);
+    /* Start: open devices, listen. On failure why says what was missing. */
+    int (*init)(const dsm_tp_core_t *core, dsm_tp_t **tp_p, char *why, size_t why_len);
+    /* Close every connection and free everything. Sends nothing. */
+    void (*finalize)(dsm_tp_t *tp);
+    /* This node's address blob, published through the rendezvous (at most DSM_TP_ADDR_MAX bytes). */
+    int (*addr_get)(dsm_tp_t *tp, void *buf, size_t *len_p);
+    /* Connect to every peer p with addr_len[p] > 0 (the peers this provider serves); blocks until all are up
+     * or core->timeout_ms passed. Connections are made in both directions' agreement (both ends call it with
+     * each other in their lists). */
+    int (*connect)(dsm_tp_t *tp, const void *const *addr, const size_t *addr_len);
+    int (*am_send)(dsm_tp_t *tp, int peer, uint8_t am_id, const void *hdr, size_t hdr_len, const void *payload,
+                   size_t len);
+    int (*mem_reg)(dsm_tp_t *tp, void *addr, size_t len, dsm_tp_mr_t *mr);
+    int (*mem_dereg)(dsm_tp_t *tp, dsm_tp_mr_t *mr);
+    int (*put)(dsm_tp_t *tp, int peer, const void *src, size_t len, const dsm_tp_rkey_t *rkey, uint64_t offset,
+               dsm_tp_req_t *req);
+    int (*put_notify)(dsm_tp_t *tp, int peer, const void *src, size_t len, const dsm_tp_rkey_t *rkey,
+                      uint64_t offset, uint8_t am_id, const void *hdr, size_t hdr_len, dsm_tp_req_t *req);
+    int (*get)(dsm_tp_t *tp, int peer, void *dst, size_t len, const dsm_tp_rkey_t *rkey, uint64_t offset,
+               dsm_tp_req_t *req);
+    int (*atomic)(dsm_tp_t *tp, int peer, enum dsm_tp_atomic_op op, const dsm_tp_rkey_t *rkey, uint64_t offset,
+                  uint64_t operand, uint64_t compare, dsm_tp_req_t *req);
+    int (*flush)(dsm_tp_t *tp, int peer);
+    int (*progress)(dsm_tp_t *tp, int timeout_ms);
+    /* Tell the peer this node is leaving on purpose, so its EOF is not a loss; returns once sent. */
+    int (*bye)(dsm_tp_t *tp, int peer);
+    /* Has the peer said bye? */
+    int (*peer_left)(dsm_tp_t *tp, int peer);
+};
+
+/* Registry (transport/registry.c). */
+#define DSM_TP_MAX 4
+/* Every provider this libdsm knows by name, built or not, in the default preference order. */
+extern const char *const dsm_tp_known_names[];
+/* The ops of a built provider, or NULL when name is unknown or was not built. */
+const struct dsm_tp_ops *dsm_tp_lookup(const char *name);
+/* Was the provider built? */
+int dsm_tp_is_built(const char *name);
+
+#endif /* DSM_TRANSPORT_H */
