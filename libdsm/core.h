@@ -52,6 +52,9 @@ int dsm_mreg_destroy(dsm_mreg_t *mreg);
 
 /* Non-blocking one-sided operations on peer's part of a collective registration; wait with dsm_req_wait. */
 int dsm_rma_put_nb(int peer, const void *src, size_t len, const dsm_mreg_t *m, uint64_t off, dsm_tp_req_t *req);
+/* As put; then peer's handler am_id runs with hdr once the data is in place. */
+int dsm_rma_put_notify_nb(int peer, const void *src, size_t len, const dsm_mreg_t *m, uint64_t off, uint8_t am_id,
+                          const void *hdr, size_t hdr_len, dsm_tp_req_t *req);
 int dsm_rma_get_nb(int peer, void *dst, size_t len, const dsm_mreg_t *m, uint64_t off, dsm_tp_req_t *req);
 int dsm_rma_atomic_nb(int peer, enum dsm_tp_atomic_op op, const dsm_mreg_t *m, uint64_t off, uint64_t operand,
                       uint64_t compare, dsm_tp_req_t *req);

@@ -321,6 +321,19 @@ int dsm_rma_put_nb(int peer, const void *src, size_t len, const dsm_mreg_t *m, u
     return PEER_TP(peer)->ops->put(PEER_TP(peer)->tp, peer, src, len, &m->rkey[peer], off, req);
 }
 
+int dsm_rma_put_notify_nb(int peer, const void *src, size_t len, const dsm_mreg_t *m, uint64_t off, uint8_t am_id,
+                          const void *hdr, size_t hdr_len, dsm_tp_req_t *req)
+{
+    int rc = rma_check(peer, len, m, off);
+    if (rc)
+        return rc;
+    if (am_id == 0 || hdr_len > DSM_TP_AM_HDR_MAX)
+        return DSM_EINVAL;
+    dsm_req_init(req);
+    return PEER_TP(peer)->ops->put_notify(PEER_TP(peer)->tp, peer, src, len, &m->rkey[peer], off, am_id, hdr,
+                                          hdr_len, req);
+}
+
 int dsm_rma_get_nb(int peer, void *dst, size_t len, const dsm_mreg_t *m, uint64_t off, dsm_tp_req_t *req)
 {
     int rc = rma_check(peer, len, m, off);

@@ -41,6 +41,7 @@
 #include "libdsm/rdv_proto.h"
 
 #define GRACE_MS 3000
+#define SECONDARY_WAIT_MS 500
 #define HELLO_TIMEOUT_MS 30000
 
 struct client {
@@ -66,6 +67,7 @@ struct rank {
     int joined;     /* sent HELLO */
     int finished;   /* sent FIN */
     int secondary;  /* told us it fails because of another rank */
+    int signalled;  /* dsmrun sent it a signal while it ran */
     int status;     /* exit status as dsmrun reports it */
     struct outbuf out[2];
 };
@@ -86,6 +88,7 @@ static struct {
     int failing;        /* we are stopping the job */
     int first_fail;     /* rank whose failure decides the exit status, -1 */
     int stop_signal;    /* a signal we forwarded */
+    int64_t term_at;    /* when to SIGTERM the survivors, 0 = not scheduled */
     int64_t kill_at;    /* when to SIGKILL the survivors, 0 = not scheduled */
     int absent_rank;    /* a rank that exited without joining, -1 */
     int exit_code;
@@ -362,12 +365,16 @@ static void listen_on(const char *hostport)
 static void kill_group(int sig)
 {
     for (int r = 0; r < run.n; r++)
-        if (run.rk[r].running)
+        if (run.rk[r].running) {
+            run.rk[r].signalled = 1;
             kill(-run.rk[r].pid, sig);
+        }
 }
 
-/* Start stopping the job; rank is the cause or -1. */
-static void fail_job(int rank, const char *why)
+/* Start stopping the job; rank is the cause or -1. A rank that failed only because another was lost is not
+ * the cause: the one it lost has died already, so wait a moment for its exit status before stopping the rest,
+ * or the cause would look like a rank dsmrun stopped. */
+static void fail_job_after(int rank, const char *why, int delay_ms)
 {
     if (why)
         say("%s", why);
@@ -381,8 +388,12 @@ static void fail_job(int rank, const char *why)
         (void)rank;
         return;
     }
-    kill_group(SIGTERM);
-    run.kill_at = now_ms() + GRACE_MS;
+    run.term_at = now_ms() + delay_ms;
+}
+
+static void fail_job(int rank, const char *why)
+{
+    fail_job_after(rank, why, 0);
 }
 
 static void spawn(int r, char **argv)
@@ -496,8 +507,7 @@ static void reap(void)
         if (c)
             client_read(c);
         k->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        int killed_by_us = run.failing && WIFSIGNALED(st) &&
-                           (WTERMSIG(st) == SIGTERM || WTERMSIG(st) == SIGKILL || WTERMSIG(st) == run.stop_signal);
+        int killed_by_us = k->signalled && WIFSIGNALED(st);
         if (k->status == 0 && k->joined && !k->finished) {
             say("rank %d exited without calling dsm_finalize", r);
             k->status = 1;
@@ -517,15 +527,16 @@ static void reap(void)
         if (k->status != 0) {
             if (!killed_by_us && !k->secondary && run.first_fail < 0)
                 run.first_fail = r;
+            if (killed_by_us)
+                ;
+            else if (WIFSIGNALED(st))
+                say("rank %d (pid %d) killed by signal %d (%s)", r, (int)pid, WTERMSIG(st), strsignal(WTERMSIG(st)));
+            else
+                say("rank %d (pid %d) exited with status %d%s", r, (int)pid, k->status,
+                    k->secondary ? " after losing another node" : "");
             if (!run.failing) {
-                char why[128];
-                if (WIFSIGNALED(st))
-                    snprintf(why, sizeof why, "rank %d (pid %d) killed by signal %d (%s); stopping the job", r,
-                             (int)pid, WTERMSIG(st), strsignal(WTERMSIG(st)));
-                else
-                    snprintf(why, sizeof why, "rank %d (pid %d) exited with status %d; stopping the job", r,
-                             (int)pid, k->status);
-                fail_job(r, why);
+                say("stopping the job");
+                fail_job_after(r, NULL, k->secondary ? SECONDARY_WAIT_MS : 0);
             }
         }
     }
@@ -606,7 +617,7 @@ static void loop(void)
         for (int r = 0; r < run.n; r++)
             for (int j = 0; j < 2; j++)
                 p[np++] = (struct pollfd){.fd = run.rk[r].out[j].fd, .events = POLLIN};
-        int wait = 200;
+        int wait = run.term_at ? 20 : 200;
         int n = poll(p, (nfds_t)np, wait);
         if (n < 0 && errno != EINTR)
             die("poll: %s", strerror(errno));
@@ -632,6 +643,11 @@ static void loop(void)
         for (int i = 0; i < run.ncl; i++)
             if (run.cl[i].fd >= 0 && run.cl[i].rank < 0 && now - run.cl[i].since > HELLO_TIMEOUT_MS)
                 client_close(&run.cl[i]);
+        if (run.term_at && now >= run.term_at) {
+            kill_group(SIGTERM);
+            run.term_at = 0;
+            run.kill_at = now + GRACE_MS;
+        }
         if (run.kill_at && now >= run.kill_at) {
             kill_group(SIGKILL);
             run.kill_at = 0;

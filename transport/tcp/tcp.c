@@ -125,7 +125,7 @@ static int pick_addr(const dsm_tp_core_t *core, struct in_addr *out, char *why, 
         snprintf(why, why_len, "getifaddrs: %s", strerror(errno));
         return DSM_ESYS;
     }
-    const struct ifaddrs *best = NULL, *lo = NULL;
+    const struct ifaddrs *best = NULL, *lo = NULL, *no_carrier = NULL;
     char names[256] = "";
     for (i = ifs; i; i = i->ifa_next) {
         if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET || !(i->ifa_flags & IFF_UP))
@@ -141,10 +141,18 @@ static int pick_addr(const dsm_tp_core_t *core, struct in_addr *out, char *why, 
                 lo = i;
         } else if ((i->ifa_flags & IFF_RUNNING) && !best) {
             best = i;
+        } else if (!no_carrier) {
+            no_carrier = i;
         }
     }
     int rc = DSM_OK;
     const char *reason = want ? "DSM_TCP_IFACE" : "first up non-loopback interface";
+    /* An interface that is up but has no carrier yet (a veth just created) still beats loopback, which no
+     * other host can reach. */
+    if (!best && !want && no_carrier) {
+        best = no_carrier;
+        reason = "first up non-loopback interface, no carrier yet";
+    }
     if (!best && !want && lo) {
         best = lo;
         reason = "loopback: no other interface is up";

@@ -1,0 +1,102 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * behave - a rank that misbehaves on request, for the launcher and fail-stop tests (launch.sh):
+ *   behave ok                  init, print "rank R of N", barrier, finalize
+ *   behave exit R CODE         rank R exits with CODE after init; the others wait in barriers
+ *   behave kill R              rank R kills itself with SIGKILL after init; the others wait in barriers
+ *   behave sleep DIR           init, create DIR/ready.R, sleep (for signal forwarding)
+ *   behave noinit R            rank R exits 0 without dsm_init; the others call dsm_init
+ *   behave nofinalize          init, barrier, exit 0
+ *   behave mismatch            rank 1 sets DSM_TRANSPORT=tcp before init (the others keep the default)
+ *   behave clash               rank 1 maps memory at DSM_BASE before init
+ * Exit status: 0, or the dsm_init error's status as a positive number (e.g. 7 for DSM_EMISMATCH).
+ */
+#include "config.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "dsm.h"
+
+static int env_rank(void)
+{
+    const char *r = getenv("DSM_RANK");
+    if (!r)
+        r = getenv("OMPI_COMM_WORLD_RANK");
+    return r ? atoi(r) : 0;
+}
+
+static int init_or_exit(void)
+{
+    int rc = dsm_init(NULL, NULL);
+    if (rc != DSM_OK) {
+        fprintf(stderr, "rank %d: dsm_init: %s\n", env_rank(), dsm_strerror(rc));
+        exit(-rc);
+    }
+    return rc;
+}
+
+static void barriers_forever(void)
+{
+    for (;;)
+        if (dsm_barrier() != DSM_OK)
+            exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    const char *mode = argc > 1 ? argv[1] : "ok";
+    int arg = argc > 2 ? atoi(argv[2]) : 0;
+    if (!strcmp(mode, "noinit") && env_rank() == arg)
+        return 0;
+    if (!strcmp(mode, "mismatch") && env_rank() == 1)
+        setenv("DSM_TRANSPORT", "tcp", 1);
+    if (!strcmp(mode, "clash") && env_rank() == 1) {
+        const char *b = getenv("DSM_BASE");
+        void *want = (void *)(uintptr_t)strtoull(b ? b : "0x200000000000", NULL, 0);
+        if (mmap(want, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != want)
+            return 99;
+    }
+    init_or_exit();
+    int me = dsm_rank();
+    if (!strcmp(mode, "ok") || !strcmp(mode, "noinit") || !strcmp(mode, "mismatch") || !strcmp(mode, "clash")) {
+        printf("rank %d of %d\n", me, dsm_size());
+        fflush(stdout);
+        if (dsm_barrier() != DSM_OK || dsm_finalize() != DSM_OK)
+            return 1;
+        return 0;
+    }
+    if (!strcmp(mode, "exit")) {
+        if (dsm_barrier() != DSM_OK)
+            return 1;
+        if (me == arg)
+            exit(atoi(argv[3]));
+        barriers_forever();
+    }
+    if (!strcmp(mode, "kill")) {
+        if (dsm_barrier() != DSM_OK)
+            return 1;
+        if (me == arg)
+            raise(SIGKILL);
+        barriers_forever();
+    }
+    if (!strcmp(mode, "sleep")) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/ready.%d", argv[2], me);
+        close(open(path, O_CREAT | O_WRONLY, 0600));
+        for (;;)
+            pause();
+    }
+    if (!strcmp(mode, "nofinalize")) {
+        dsm_barrier();
+        return 0;
+    }
+    fprintf(stderr, "behave: unknown mode %s\n", mode);
+    return 98;
+}

@@ -1,0 +1,90 @@
+#!/bin/bash
+# SPDX-License-Identifier: MIT
+# The launcher and fail-stop, end to end: dsmrun's exit status (first failing rank, 128+signal), stopping the
+# other ranks with nothing left behind, --tag-output, signal forwarding, ranks that skip dsm_init or
+# dsm_finalize, settings that nodes disagree on, a clash at DSM_BASE, an explicit transport that was not built,
+# and the rendezvous served alone (dsmrun --serve) for ranks started by hand. TAP output.
+set -u
+top=${top_builddir:-.}
+dsmrun=$top/tools/dsmrun
+behave=$top/tests/multi/behave
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+n=0
+ok() { n=$((n + 1)); echo "ok $n - $1"; }
+nok() { n=$((n + 1)); echo "not ok $n - $1"; sed 's/^/# /' "$tmp/err" 2>/dev/null | tail -30; }
+check() { if eval "$2"; then ok "$1"; else nok "$1"; fi; }
+# Every process of ours still alive whose command line has the marker.
+leftovers() { pgrep -f -- "$1" >/dev/null; }
+run() { timeout 120 "$dsmrun" "$@" >"$tmp/out" 2>"$tmp/err"; echo $?; }
+
+rc=$(run -n 4 "$behave" exit 2 3)
+check "a rank exiting with status 3 makes dsmrun exit 3 (got $rc)" '[ "$rc" = 3 ]'
+check "dsmrun names the failing rank" 'grep -q "rank 2 (pid [0-9]*) exited with status 3" "$tmp/err"'
+check "the other ranks are stopped, none left behind" '! leftovers "$behave exit 2 3"'
+
+rc=$(run -n 4 "$behave" kill 1)
+check "a rank killed by SIGKILL makes dsmrun exit 137 (got $rc)" '[ "$rc" = 137 ]'
+check "the others fail stop naming node 1" 'grep -q "libdsm: node 1 lost" "$tmp/err"'
+check "no rank left behind after a kill" '! leftovers "$behave kill 1"'
+
+rc=$(run --tag-output -n 3 "$behave" ok)
+check "three ranks run and exit 0 (got $rc)" '[ "$rc" = 0 ]'
+check "--tag-output prefixes each rank's lines" \
+  'grep -qx "\[0\] rank 0 of 3" "$tmp/out" && grep -qx "\[1\] rank 1 of 3" "$tmp/out" && grep -qx "\[2\] rank 2 of 3" "$tmp/out"'
+
+mkdir "$tmp/ready"
+timeout 120 "$dsmrun" -n 2 "$behave" sleep "$tmp/ready" >"$tmp/out" 2>"$tmp/err" &
+pid=$!
+for _ in $(seq 600); do [ -e "$tmp/ready/ready.0" ] && [ -e "$tmp/ready/ready.1" ] && break; sleep 0.1; done
+kill -TERM $pid
+wait $pid
+rc=$?
+check "SIGTERM to dsmrun is forwarded: exit 143 (got $rc)" '[ "$rc" = 143 ]'
+check "no rank left behind after SIGTERM" '! leftovers "$behave sleep $tmp/ready"'
+
+rc=$(run -n 2 "$behave" noinit 1)
+check "a rank that skips dsm_init fails the job instead of hanging it (got $rc)" '[ "$rc" != 0 ] && [ "$rc" != 124 ]'
+check "... and the reason is named" 'grep -q "without calling dsm_init" "$tmp/err"'
+
+rc=$(run -n 2 "$behave" nofinalize)
+check "ranks that skip dsm_finalize fail the job (got $rc)" '[ "$rc" != 0 ]'
+check "... named by dsmrun" 'grep -q "without calling dsm_finalize" "$tmp/err"'
+
+rc=$(run -n 2 /nonexistent/program)
+check "a program that does not exist: exit 127 (got $rc)" '[ "$rc" = 127 ]'
+
+rc=$(run -n 3 "$behave" mismatch)
+check "DSM_TRANSPORT differing between nodes fails every node with DSM_EMISMATCH (got $rc)" '[ "$rc" = 7 ]'
+check "... and the message names both values" 'grep -q "DSM_TRANSPORT differs between nodes" "$tmp/err"'
+
+rc=$(DSM_TRANSPORT=foo run -n 2 "$behave" ok)
+check "DSM_TRANSPORT=foo is refused (got $rc)" '[ "$rc" = 1 ] && grep -q "unknown transport .foo. (valid: shm, rdma, tcp)" "$tmp/err"'
+
+rc=$(DSM_TRANSPORT=rdma run -n 2 "$behave" ok)
+check "DSM_TRANSPORT=rdma, not built: refused, naming it (got $rc)" '[ "$rc" = 3 ] && grep -q "transport .rdma. was not built" "$tmp/err"'
+
+rc=$(DSM_BASE=0x310000000000 DSM_HEAP_SIZE=1G run -n 2 "$behave" clash)
+check "a mapping at DSM_BASE on one node fails all nodes (got $rc)" '[ "$rc" = 7 ]'
+check "... naming the overlap" 'grep -q "overlaps an existing mapping" "$tmp/err"'
+
+# The rendezvous alone, ranks started by hand.
+timeout 120 "$dsmrun" --serve 127.0.0.1:0 -n 2 >"$tmp/serve" 2>"$tmp/serve.err" &
+spid=$!
+for _ in $(seq 100); do grep -q DSM_COORD "$tmp/serve" && break; sleep 0.1; done
+coord=$(sed -n 's/^DSM_COORD=//p' "$tmp/serve")
+DSM_RANK=0 DSM_SIZE=2 DSM_COORD=$coord timeout 120 "$behave" ok >"$tmp/r0" 2>&1 &
+p0=$!
+DSM_RANK=1 DSM_SIZE=2 DSM_COORD=$coord timeout 120 "$behave" ok >"$tmp/r1" 2>&1
+r1=$?
+wait $p0; r0=$?
+wait $spid; rs=$?
+check "ranks started by hand with dsmrun --serve: 0 $r0, 1 $r1, server $rs" \
+  '[ $r0 = 0 ] && [ $r1 = 0 ] && [ $rs = 0 ] && grep -qx "rank 1 of 2" "$tmp/r1"'
+
+DSM_RANK=0 DSM_SIZE=2 DSM_COORD=127.0.0.1:1 DSM_TIMEOUT=1 timeout 60 "$behave" ok >"$tmp/out" 2>"$tmp/err"
+rc=$?
+check "no rendezvous at DSM_COORD: a clear error, not a hang (got $rc)" \
+  '[ $rc = 23 ] && grep -q "cannot connect to the rendezvous at DSM_COORD=127.0.0.1:1" "$tmp/err"'
+
+echo "1..$n"
