@@ -519,6 +519,7 @@ static void reap(void)
                 if (run.rk[i].joined && !run.rk[i].finished) {
                     char text[128];
                     snprintf(text, sizeof text, "rank %d exited without calling dsm_init while others wait", r);
+                    say("%s", text);
                     broadcast_error(text);
                     k->status = 1;
                     break;

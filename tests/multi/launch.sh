@@ -25,7 +25,6 @@ check "the other ranks are stopped, none left behind" '! leftovers "$behave exit
 
 rc=$(run -n 4 "$behave" kill 1)
 check "a rank killed by SIGKILL makes dsmrun exit 137 (got $rc)" '[ "$rc" = 137 ]'
-check "the others fail stop naming node 1" 'grep -q "libdsm: node 1 lost" "$tmp/err"'
 check "no rank left behind after a kill" '! leftovers "$behave kill 1"'
 
 rc=$(run --tag-output -n 3 "$behave" ok)
@@ -81,6 +80,24 @@ wait $p0; r0=$?
 wait $spid; rs=$?
 check "ranks started by hand with dsmrun --serve: 0 $r0, 1 $r1, server $rs" \
   '[ $r0 = 0 ] && [ $r1 = 0 ] && [ $rs = 0 ] && grep -qx "rank 1 of 2" "$tmp/r1"'
+
+# Fail-stop without a launcher to stop the others: every survivor must notice the lost node, name it and exit.
+timeout 120 "$dsmrun" --serve 127.0.0.1:0 -n 3 >"$tmp/serve" 2>"$tmp/serve.err" &
+spid=$!
+for _ in $(seq 100); do grep -q DSM_COORD "$tmp/serve" && break; sleep 0.1; done
+coord=$(sed -n 's/^DSM_COORD=//p' "$tmp/serve")
+pids=""
+for r in 0 1 2; do
+  DSM_RANK=$r DSM_SIZE=3 DSM_COORD=$coord timeout 120 "$behave" kill 1 >"$tmp/k$r" 2>&1 &
+  pids="$pids $!"
+done
+codes=""
+for p in $pids; do wait $p; codes="$codes $?"; done
+wait $spid
+check "kill -9 of rank 1 by hand: rank 1 dies by SIGKILL, ranks 0 and 2 fail stop (exit statuses:$codes)" \
+  '[ "$codes" = " 1 137 1" ]'
+check "... each survivor names the lost node" \
+  'grep -q "libdsm: node 1 lost" "$tmp/k0" && grep -q "libdsm: node 1 lost" "$tmp/k2"'
 
 DSM_RANK=0 DSM_SIZE=2 DSM_COORD=127.0.0.1:1 DSM_TIMEOUT=1 timeout 60 "$behave" ok >"$tmp/out" 2>"$tmp/err"
 rc=$?

@@ -330,6 +330,12 @@ static int conn_send(dsm_tp_t *tp, struct tcp_conn *c, const dsm_wire_hdr_t *h, 
     pthread_mutex_lock(&c->slock);
     if (c->state == CONN_CLOSED) {
         rc = DSM_ENODE;
+        if (c->peer >= 0 && !c->left) {
+            /* The progress thread is failing the job stop for this peer; make sure no caller carries on. */
+            pthread_mutex_unlock(&c->slock);
+            tp->core->peer_lost(c->peer, "connection closed");
+            return rc;
+        }
     } else {
         if (c->stail == c->shead) {
             struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 4};
