@@ -128,6 +128,11 @@ static size_t put_str(char *out, size_t at, size_t cap, const char *s)
 
 __attribute__((noreturn)) void dsm_fail_stop(int node, const char *reason)
 {
+    /* One thread reports; any other that fails at the same time waits for the exit. */
+    static int failing;
+    if (__atomic_exchange_n(&failing, 1, __ATOMIC_ACQ_REL))
+        for (;;)
+            pause();
     char msg[256], num[16];
     size_t n = 0;
     int k = 0;
@@ -150,6 +155,10 @@ __attribute__((noreturn)) void dsm_fail_stop(int node, const char *reason)
     n = put_str(msg, n, sizeof msg, reason);
     n = put_str(msg, n, sizeof msg, ")");
     dsm_log_raw(msg);
+    if (node >= 0)
+        for (int i = 0; i < core.ntp; i++)
+            if (core.tp[i].used && core.tp[i].tp)
+                core.tp[i].ops->tell_lost(core.tp[i].tp, node);
     if (core.boot.note_abort && core.boot.priv)
         core.boot.note_abort(&core.boot, msg);
     _exit(1);

@@ -144,6 +144,9 @@ struct dsm_tp_ops {
     int (*bye)(dsm_tp_t *tp, int peer);
     /* Has the peer said bye? */
     int (*peer_left)(dsm_tp_t *tp, int peer);
+    /* Best effort, on the way out of a failing node: tell every peer that node was lost, so they report the
+     * cause rather than this node's exit. Takes no lock that another thread may hold; never blocks. */
+    void (*tell_lost)(dsm_tp_t *tp, int node);
 };
 
 /* Registry (transport/registry.c). */

@@ -42,7 +42,8 @@ enum dsm_wire_type {
     DSM_WIRE_ATOMIC = 9,     /* dsm_wire_atomic; answered by ATOMIC_REP */
     DSM_WIRE_ATOMIC_REP = 10,/* hdr: int32 status + uint64 old value */
     DSM_WIRE_BYE = 11,       /* empty: the sender leaves on purpose */
-    DSM_WIRE_TYPE_MAX = 11
+    DSM_WIRE_LOST = 12,      /* hdr: uint32 node: the sender lost that node and is failing stop */
+    DSM_WIRE_TYPE_MAX = 12
 };
 
 typedef struct dsm_wire_hdr {

@@ -14,7 +14,7 @@ int main(int argc, char **argv)
 {
     mt_init(&argc, &argv);
     int me = dsm_rank(), n = dsm_size();
-    uint64_t *ctr = aligned_alloc(4096, ITERS * 8 + 4096);
+    uint64_t *ctr = aligned_alloc(4096, 4096);
     memset(ctr, 0, ITERS * 8);
     dsm_mreg_t *m;
     MT_CHECK(dsm_mreg_create(ctr, ITERS * 8, &m) == DSM_OK, "registration");

@@ -593,6 +593,25 @@ static int tcp_peer_left(dsm_tp_t *tp, int peer)
     return left;
 }
 
+static void tcp_tell_lost(dsm_tp_t *tp, int node)
+{
+    uint8_t f[DSM_WIRE_HDR_SIZE + 4];
+    dsm_wire_hdr_t h = {.type = DSM_WIRE_LOST, .src = (uint32_t)tp->core->rank, .hdr_len = 4};
+    dsm_wire_hdr_enc(f, &h);
+    dsm_le32_put(f + DSM_WIRE_HDR_SIZE, (uint32_t)node);
+    for (int p = 0; p < tp->core->size; p++) {
+        struct tcp_conn *c = tp->peers[p];
+        if (!c || p == node || c->state != CONN_READY || pthread_mutex_trylock(&c->slock) != 0)
+            continue;
+        /* Only between frames: a partly sent frame in the queue must not be cut. */
+        if (c->stail == c->shead) {
+            ssize_t w = send(c->fd, f, sizeof f, MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)w;
+        }
+        pthread_mutex_unlock(&c->slock);
+    }
+}
+
 /* ---- incoming frames ---- */
 
 static void reply_status(dsm_tp_t *tp, struct tcp_conn *c, uint8_t type, uint64_t seq, int status,
@@ -712,6 +731,15 @@ static const char *handle_frame(dsm_tp_t *tp, struct tcp_conn *c, const dsm_wire
     case DSM_WIRE_BYE:
         __atomic_store_n(&c->left, 1, __ATOMIC_RELEASE);
         return NULL;
+    case DSM_WIRE_LOST: {
+        uint32_t node = dsm_le32_get(hdr);
+        if (node >= (uint32_t)tp->core->size || (int)node == tp->core->rank)
+            return "lost-node report names an impossible node";
+        static char why[64];
+        snprintf(why, sizeof why, "node %d lost contact with it", c->peer);
+        tp->core->peer_lost((int)node, why);
+        return NULL;
+    }
     default:
         return "unexpected frame type on an established connection";
     }
@@ -1143,4 +1171,5 @@ const struct dsm_tp_ops dsm_tp_tcp_ops = {
     .progress = tcp_progress,
     .bye = tcp_bye,
     .peer_left = tcp_peer_left,
+    .tell_lost = tcp_tell_lost,
 };
