@@ -464,6 +464,27 @@ static uint8_t *mr_resolve(dsm_tp_t *tp, uint32_t key, uint64_t addr, uint64_t o
 
 /* ---- one-sided operations (initiator) ---- */
 
+/* Issue a request frame and track its reply; on a failed send nothing stays pending. */
+static int op_issue(dsm_tp_t *tp, struct tcp_conn *c, int peer, uint8_t reply, dsm_tp_req_t *req, void *dst,
+                    size_t len, dsm_wire_hdr_t *h, const void *p1, size_t l1, const void *p2, size_t l2,
+                    const void *p3, size_t l3)
+{
+    struct tcp_op *op = op_add(tp, peer, reply, req, dst, len);
+    if (!op)
+        return DSM_ENOMEM;
+    uint64_t seq = op->seq;
+    h->seq = seq;
+    int rc = conn_send(tp, c, h, p1, l1, p2, l2, p3, l3);
+    if (rc != DSM_OK) {
+        struct tcp_op *o = op_take(tp, peer, seq);
+        if (o) {
+            o->req = NULL;
+            op_done(tp, o, rc, 0);
+        }
+    }
+    return rc;
+}
+
 static int rma_send(dsm_tp_t *tp, int peer, uint8_t type, uint8_t reply, uint8_t am_id, const dsm_wire_rma_t *r,
                     const void *uhdr, size_t uhdr_len, const void *payload, size_t plen, void *dst,
                     dsm_tp_req_t *req)
@@ -473,22 +494,11 @@ static int rma_send(dsm_tp_t *tp, int peer, uint8_t type, uint8_t reply, uint8_t
         return DSM_EINVAL;
     if (plen > tp->lim.payload_max || r->len > tp->lim.payload_max)
         return DSM_EINVAL;
-    struct tcp_op *op = op_add(tp, peer, reply, req, dst, r->len);
-    if (!op)
-        return DSM_ENOMEM;
     uint8_t rb[DSM_WIRE_RMA_SIZE];
     dsm_wire_rma_enc(rb, r);
     dsm_wire_hdr_t h = {.type = type, .am_id = am_id, .src = (uint32_t)tp->core->rank,
-                        .hdr_len = (uint32_t)(sizeof rb + uhdr_len), .payload_len = (uint32_t)plen, .seq = op->seq};
-    int rc = conn_send(tp, c, &h, rb, sizeof rb, uhdr, uhdr_len, payload, plen);
-    if (rc != DSM_OK) {
-        struct tcp_op *o = op_take(tp, peer, op->seq);
-        if (o) {
-            o->req = NULL;
-            op_done(tp, o, rc, 0);
-        }
-    }
-    return rc;
+                        .hdr_len = (uint32_t)(sizeof rb + uhdr_len), .payload_len = (uint32_t)plen};
+    return op_issue(tp, c, peer, reply, req, dst, r->len, &h, rb, sizeof rb, uhdr, uhdr_len, payload, plen);
 }
 
 static int tcp_put(dsm_tp_t *tp, int peer, const void *src, size_t len, const dsm_tp_rkey_t *rkey, uint64_t off,
@@ -524,24 +534,12 @@ static int tcp_atomic(dsm_tp_t *tp, int peer, enum dsm_tp_atomic_op op_code, con
     struct tcp_conn *c = peer_conn(tp, peer);
     if (!c)
         return DSM_EINVAL;
-    struct tcp_op *op = op_add(tp, peer, DSM_WIRE_ATOMIC_REP, req, NULL, 8);
-    if (!op)
-        return DSM_ENOMEM;
     dsm_wire_atomic_t a = {.key = rkey->key, .op = (uint32_t)op_code, .offset = off, .addr = rkey->addr,
                            .operand = operand, .compare = compare};
     uint8_t ab[DSM_WIRE_ATOMIC_SIZE];
     dsm_wire_atomic_enc(ab, &a);
-    dsm_wire_hdr_t h = {.type = DSM_WIRE_ATOMIC, .src = (uint32_t)tp->core->rank, .hdr_len = sizeof ab,
-                        .seq = op->seq};
-    int rc = conn_send(tp, c, &h, ab, sizeof ab, NULL, 0, NULL, 0);
-    if (rc != DSM_OK) {
-        struct tcp_op *o = op_take(tp, peer, op->seq);
-        if (o) {
-            o->req = NULL;
-            op_done(tp, o, rc, 0);
-        }
-    }
-    return rc;
+    dsm_wire_hdr_t h = {.type = DSM_WIRE_ATOMIC, .src = (uint32_t)tp->core->rank, .hdr_len = sizeof ab};
+    return op_issue(tp, c, peer, DSM_WIRE_ATOMIC_REP, req, NULL, 8, &h, ab, sizeof ab, NULL, 0, NULL, 0);
 }
 
 static int tcp_flush(dsm_tp_t *tp, int peer)
