@@ -9,7 +9,8 @@
 #include "tests/multi/mt.h"
 #include "transport/wire.h"
 
-#define BUF (1u << 20)
+/* Each rank owns one slot of every rank's buffer. */
+#define SLOT (128u << 10)
 #define THREADS 4
 #define ATOMICS 150
 #define ROUNDS 40
@@ -29,7 +30,7 @@ static int on_notify(void *arg, int src, uint8_t id, const void *hdr, size_t hl,
         return DSM_EPROTO;
     /* The data of the put must already be in place when the notification runs. */
     uint32_t tag = dsm_le32_get(hdr);
-    size_t slot = (size_t)src * (BUF / (size_t)dsm_size());
+    size_t slot = (size_t)src * SLOT;
     if (!mt_match(mem + slot + 4096, 1000, (uint32_t)src, tag, 99))
         mt_bump(&bad_notify);
     mt_bump(&notified);
@@ -41,7 +42,7 @@ static void *worker(void *arg)
     uint32_t t = (uint32_t)(uintptr_t)arg;
     int me = dsm_rank(), n = dsm_size();
     int right = (me + 1) % n;
-    size_t slot = (size_t)me * (BUF / (size_t)n) + 16384 + t * CHUNK;
+    size_t slot = (size_t)me * SLOT + 16384 + t * CHUNK;
     uint8_t out[CHUNK], in[CHUNK];
     for (uint32_t r = 0; r < ROUNDS; r++) {
         mt_fill(out, CHUNK, (uint32_t)me * 16 + t, r, 5);
@@ -74,23 +75,24 @@ int main(int argc, char **argv)
     mt_init(&argc, &argv);
     int me = dsm_rank(), n = dsm_size();
     int left = (me + n - 1) % n, right = (me + 1) % n;
-    mem = aligned_alloc(4096, BUF);
+    size_t bufsize = (size_t)n * SLOT;
+    mem = aligned_alloc(4096, bufsize);
     ctr = aligned_alloc(4096, 4096);
-    memset(mem, 0, BUF);
+    memset(mem, 0, bufsize);
     memset(ctr, 0, 4096);
     MT_CHECK(dsm_am_register(AM_NOTIFY, on_notify, NULL) == DSM_OK, "register");
-    MT_CHECK(dsm_mreg_create(mem, BUF, &data) == DSM_OK, "registration");
+    MT_CHECK(dsm_mreg_create(mem, bufsize, &data) == DSM_OK, "registration");
     MT_CHECK(dsm_mreg_create(ctr, 4096, &words) == DSM_OK, "registration");
-    size_t slot = (size_t)me * (BUF / (size_t)n);
+    size_t slot = (size_t)me * SLOT;
 
     /* A large put to the right neighbour, checked by it locally, then read back with get. */
-    size_t big = BUF / (size_t)n - 65536;
+    size_t big = SLOT - 65536;
     uint8_t *out = malloc(big), *in = malloc(big);
     mt_fill(out, big, (uint32_t)me, 1, 2);
     MT_CHECK(dsm_rma_put(right, out, big, data, slot + 65536) == DSM_OK, "big put");
     MT_CHECK(dsm_rma_flush(right) == DSM_OK, "flush");
     MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
-    MT_CHECK(mt_match(mem + (size_t)left * (BUF / (size_t)n) + 65536, big, (uint32_t)left, 1, 2),
+    MT_CHECK(mt_match(mem + (size_t)left * SLOT + 65536, big, (uint32_t)left, 1, 2),
              "data put by rank %d is not in my memory", left);
     MT_CHECK(dsm_rma_get(right, in, big, data, slot + 65536) == DSM_OK, "big get");
     MT_CHECK(memcmp(in, out, big) == 0, "get of %zu bytes differs", big);
@@ -127,7 +129,7 @@ int main(int argc, char **argv)
     }
 
     /* Bad requests are refused, locally or by the target, and change nothing. */
-    MT_CHECK(dsm_rma_put(right, out, 16, data, BUF - 8) == DSM_EINVAL, "put past the end is refused");
+    MT_CHECK(dsm_rma_put(right, out, 16, data, bufsize - 8) == DSM_EINVAL, "put past the end is refused");
     MT_CHECK(dsm_rma_atomic(right, DSM_TP_ATOMIC_FADD, words, 4, 1, 0, NULL) == DSM_EINVAL, "misaligned atomic");
     MT_CHECK(dsm_rma_get(me, in, 8, data, 0) == DSM_EINVAL, "one-sided to self is refused");
     dsm_mreg_t forged = *data;
@@ -141,7 +143,7 @@ int main(int argc, char **argv)
     MT_CHECK(dsm_rma_atomic(right, DSM_TP_ATOMIC_FADD, &forged, 0, 1, 0, NULL) == DSM_EINVAL, "forged atomic refused");
     free(forged.rkey);
     MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
-    MT_CHECK(mt_match(mem + (size_t)left * (BUF / (size_t)n) + 65536, big, (uint32_t)left, 1, 2),
+    MT_CHECK(mt_match(mem + (size_t)left * SLOT + 65536, big, (uint32_t)left, 1, 2),
              "refused requests changed memory");
 
     MT_CHECK(dsm_mreg_destroy(words) == DSM_OK, "deregister");

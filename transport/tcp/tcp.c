@@ -42,7 +42,7 @@
 #include "transport/wire.h"
 
 #define TCP_NAME "tcp"
-#define TCP_PENDING_MAX 64   /* unauthenticated connections at once; more are closed on accept */
+#define TCP_STRANGERS_MAX 64 /* unauthenticated connections at once beyond one per peer; more are closed */
 #define TCP_READS_PER_EVENT 16
 
 enum conn_state {
@@ -90,7 +90,8 @@ struct dsm_tp {
     int lfd, epfd;
     char addr[64];
     struct tcp_conn **peers;
-    struct tcp_conn *pending[TCP_PENDING_MAX];
+    struct tcp_conn **pending; /* unauthenticated connections, npending slots */
+    int npending;
     pthread_mutex_t plock;  /* one progress at a time */
     pthread_rwlock_t mrlock;
     struct tcp_mr *mrs;
@@ -768,7 +769,7 @@ static const char *handle_hello(dsm_tp_t *tp, struct tcp_conn *c, const dsm_wire
         c->peer = (int)m.src;
         c->state = CONN_READY;
         tp->peers[m.src] = c;
-        for (int i = 0; i < TCP_PENDING_MAX; i++)
+        for (int i = 0; i < tp->npending; i++)
             if (tp->pending[i] == c)
                 tp->pending[i] = NULL;
         dsm_wire_hello_t ack = {.job_id = core->job_id, .src = (uint32_t)core->rank, .dst = m.src,
@@ -884,7 +885,7 @@ static void accept_all(dsm_tp_t *tp)
         inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof ip);
         snprintf(name, sizeof name, "%s:%u", ip, ntohs(sa.sin_port));
         int slot = -1;
-        for (int i = 0; i < TCP_PENDING_MAX && slot < 0; i++)
+        for (int i = 0; i < tp->npending && slot < 0; i++)
             if (!tp->pending[i])
                 slot = i;
         struct tcp_conn *c = slot >= 0 ? conn_new(fd, -1, CONN_HELLO_IN, name) : NULL;
@@ -911,7 +912,7 @@ static void accept_all(dsm_tp_t *tp)
 static void reap_pending(dsm_tp_t *tp)
 {
     int64_t now = now_ms();
-    for (int i = 0; i < TCP_PENDING_MAX; i++) {
+    for (int i = 0; i < tp->npending; i++) {
         struct tcp_conn *c = tp->pending[i];
         if (!c)
             continue;
@@ -968,15 +969,21 @@ static int tcp_init(const dsm_tp_core_t *core, dsm_tp_t **tp_p, char *why, size_
     if (rc)
         return rc;
     dsm_tp_t *tp = calloc(1, sizeof *tp);
+    /* Every peer may be connecting at once at start-up, on top of any strangers. */
+    int npending = core->size + TCP_STRANGERS_MAX;
     if (!tp || !(tp->peers = calloc((size_t)core->size, sizeof *tp->peers)) ||
-        !(tp->inflight = calloc((size_t)core->size, sizeof *tp->inflight))) {
-        if (tp)
+        !(tp->inflight = calloc((size_t)core->size, sizeof *tp->inflight)) ||
+        !(tp->pending = calloc((size_t)npending, sizeof *tp->pending))) {
+        if (tp) {
             free(tp->peers);
+            free(tp->inflight);
+        }
         free(tp);
         snprintf(why, why_len, "out of memory");
         return DSM_ENOMEM;
     }
     tp->core = core;
+    tp->npending = npending;
     tp->lfd = tp->epfd = -1;
     tp->lim.nranks = (uint32_t)core->size;
     tp->lim.payload_max = DSM_TP_AM_PAYLOAD_MAX;
@@ -1011,6 +1018,7 @@ fail:
         close(tp->epfd);
     free(tp->peers);
     free(tp->inflight);
+    free(tp->pending);
     free(tp);
     return DSM_ESYS;
 }
@@ -1127,7 +1135,7 @@ static void tcp_finalize(dsm_tp_t *tp)
         return;
     for (int p = 0; p < tp->core->size; p++)
         conn_free(tp->peers[p]);
-    for (int i = 0; i < TCP_PENDING_MAX; i++)
+    for (int i = 0; i < tp->npending; i++)
         conn_free(tp->pending[i]);
     while (tp->ops) {
         struct tcp_op *n = tp->ops->next;
@@ -1146,6 +1154,7 @@ static void tcp_finalize(dsm_tp_t *tp)
     free(tp->mrs);
     free(tp->peers);
     free(tp->inflight);
+    free(tp->pending);
     free(tp);
 }
 
