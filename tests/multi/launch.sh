@@ -32,6 +32,12 @@ check "three ranks run and exit 0 (got $rc)" '[ "$rc" = 0 ]'
 check "--tag-output prefixes each rank's lines" \
   'grep -qx "\[0\] rank 0 of 3" "$tmp/out" && grep -qx "\[1\] rank 1 of 3" "$tmp/out" && grep -qx "\[2\] rank 2 of 3" "$tmp/out"'
 
+rc=$(DSM_STATS=1 DSM_LOG_LEVEL=info run -n 3 "$behave" ok)
+check "DSM_STATS=1 prints each node's counts at dsm_finalize (got $rc)" \
+  '[ "$rc" = 0 ] && [ "$(grep -c "^libdsm\[[0-2]\] stats: transport tcp, sent [1-9][0-9]* messages" "$tmp/err")" = 3 ]'
+check "DSM_LOG_LEVEL=info logs each rank's start with rank and pid" \
+  '[ "$(grep -c "^libdsm\[[0-2]:[0-9]*\] info: rank [0-2] of 3 up, transport tcp" "$tmp/err")" = 3 ]'
+
 mkdir "$tmp/ready"
 timeout 120 "$dsmrun" -n 2 "$behave" sleep "$tmp/ready" >"$tmp/out" 2>"$tmp/err" &
 pid=$!
