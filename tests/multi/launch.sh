@@ -74,10 +74,16 @@ check "a mapping at DSM_BASE on one node fails all nodes (got $rc)" '[ "$rc" = 7
 check "... naming the overlap" 'grep -q "overlaps an existing mapping" "$tmp/err"'
 
 # The rendezvous alone, ranks started by hand.
-timeout 120 "$dsmrun" --serve 127.0.0.1:0 -n 2 >"$tmp/serve" 2>"$tmp/serve.err" &
-spid=$!
-for _ in $(seq 100); do grep -q DSM_COORD "$tmp/serve" && break; sleep 0.1; done
-coord=$(sed -n 's/^DSM_COORD=//p' "$tmp/serve")
+# Start dsmrun --serve for N ranks; sets spid and coord. Each server writes its own file: reading a file an
+# earlier server wrote would race with the new one's start.
+serve() {
+  local f=$tmp/serve.$1
+  timeout 120 "$dsmrun" --serve 127.0.0.1:0 -n "$1" >"$f" 2>"$f.err" &
+  spid=$!
+  for _ in $(seq 300); do grep -q DSM_COORD "$f" && break; sleep 0.1; done
+  coord=$(sed -n 's/^DSM_COORD=//p' "$f")
+}
+serve 2
 DSM_RANK=0 DSM_SIZE=2 DSM_COORD=$coord timeout 120 "$behave" ok >"$tmp/r0" 2>&1 &
 p0=$!
 DSM_RANK=1 DSM_SIZE=2 DSM_COORD=$coord timeout 120 "$behave" ok >"$tmp/r1" 2>&1
@@ -88,10 +94,7 @@ check "ranks started by hand with dsmrun --serve: 0 $r0, 1 $r1, server $rs" \
   '[ $r0 = 0 ] && [ $r1 = 0 ] && [ $rs = 0 ] && grep -qx "rank 1 of 2" "$tmp/r1"'
 
 # Fail-stop without a launcher to stop the others: every survivor must notice the lost node, name it and exit.
-timeout 120 "$dsmrun" --serve 127.0.0.1:0 -n 3 >"$tmp/serve" 2>"$tmp/serve.err" &
-spid=$!
-for _ in $(seq 100); do grep -q DSM_COORD "$tmp/serve" && break; sleep 0.1; done
-coord=$(sed -n 's/^DSM_COORD=//p' "$tmp/serve")
+serve 3
 pids=""
 for r in 0 1 2; do
   DSM_RANK=$r DSM_SIZE=3 DSM_COORD=$coord timeout 120 "$behave" kill 1 >"$tmp/k$r" 2>&1 &
@@ -100,6 +103,7 @@ done
 codes=""
 for p in $pids; do wait $p; codes="$codes $?"; done
 wait $spid
+cat "$tmp/k0" "$tmp/k1" "$tmp/k2" "$tmp/serve.3.err" >"$tmp/err"
 check "kill -9 of rank 1 by hand: rank 1 dies by SIGKILL, ranks 0 and 2 fail stop (exit statuses:$codes)" \
   '[ "$codes" = " 1 137 1" ]'
 check "... each survivor names the lost node" \

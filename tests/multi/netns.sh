@@ -37,9 +37,11 @@ for t in $tests; do
   for iface in default named; do
     n=$((n + 1))
     prog=$(readlink -f "$top/tests/multi/$t")
+    # A fresh file: the server truncates it only once it runs, and the loop below must not read the last one's.
+    rm -f "$tmp/serve"
     "$ip" netns exec $a timeout 300 "$dsmrun" --serve $net.1:0 -n 2 >"$tmp/serve" 2>"$tmp/serve.err" &
     spid=$!
-    for _ in $(seq 100); do grep -q DSM_COORD "$tmp/serve" && break; sleep 0.1; done
+    for _ in $(seq 300); do grep -q DSM_COORD "$tmp/serve" 2>/dev/null && break; sleep 0.1; done
     coord=$(sed -n 's/^DSM_COORD=//p' "$tmp/serve")
     ea="" eb=""
     [ $iface = named ] && ea="DSM_TCP_IFACE=va$$" eb="DSM_TCP_IFACE=vb$$"
