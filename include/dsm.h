@@ -13,6 +13,8 @@
 #ifndef DSM_H
 #define DSM_H
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -80,6 +82,23 @@ DSM_API int dsm_size(void);
  * memory fence. Calls from several threads of one node are serialized: each is one barrier of the job.
  * Errors: DSM_ENOTINIT, DSM_ETIMEDOUT. A lost node fails the job stop (DESIGN.md 4.7). */
 DSM_API int dsm_barrier(void);
+
+/*
+ * Shared memory. Memory from these calls is zero-filled, page-aligned and at the same address on every node;
+ * plain loads and stores on it are coherent across nodes (page-level single writer / multiple readers).
+ */
+
+/* Collective: len bytes of shared memory, its pages homed block-wise over the nodes. NULL on error, with
+ * dsm_last_error(): DSM_EINVAL (len 0), DSM_ENOMEM (no room in DSM_HEAP_SIZE), DSM_EMISMATCH (nodes passed
+ * different sizes, or called in a different order). */
+DSM_API void *dsm_alloc(size_t len);
+
+/* Collective: as dsm_alloc, every page homed on node home. DSM_EINVAL for a home outside [0, dsm_size()). */
+DSM_API void *dsm_alloc_home(size_t len, int home);
+
+/* Collective: free what dsm_alloc or dsm_alloc_home returned. Every node must be done with the memory; an access
+ * after it dies with SIGSEGV. DSM_EINVAL for any other pointer, DSM_EMISMATCH when nodes pass different ones. */
+DSM_API int dsm_dealloc(void *ptr);
 
 /* A static description of a status code; never NULL, also for unknown values. */
 DSM_API const char *dsm_strerror(int status);

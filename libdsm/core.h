@@ -49,6 +49,8 @@ int dsm_am_send(int peer, uint8_t am_id, const void *hdr, size_t hdr_len, const 
 int dsm_mreg_create(void *addr, size_t len, dsm_mreg_t **mreg_p);
 /* Collective. */
 int dsm_mreg_destroy(dsm_mreg_t *mreg);
+/* Free the record of a registration whose provider is already gone (teardown). */
+void dsm_mreg_forget(dsm_mreg_t *mreg);
 
 /* Non-blocking one-sided operations on peer's part of a collective registration; wait with dsm_req_wait. */
 int dsm_rma_put_nb(int peer, const void *src, size_t len, const dsm_mreg_t *m, uint64_t off, dsm_tp_req_t *req);
@@ -79,6 +81,9 @@ void dsm_core_stats(dsm_stats_core_t *s);
 
 /* barrier.c */
 int dsm_barrier_setup(void);
+/* alloc.c */
+int dsm_alloc_setup(void);
+void dsm_alloc_reset(void);
 /* region.c: reserve the shared range at the same address on every node (collective). */
 int dsm_region_reserve(void);
 void dsm_region_release(void);

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "dsm.h"
+#include "libdsm/coh.h"
 #include "libdsm/core.h"
 #include "libdsm/error.h"
 #include "libdsm/log.h"
@@ -307,9 +308,16 @@ int dsm_mreg_destroy(dsm_mreg_t *m)
     for (int i = 0; i < core.ntp; i++)
         if (core.tp[i].used)
             core.tp[i].ops->mem_dereg(core.tp[i].tp, &m->mr[i]);
+    dsm_mreg_forget(m);
+    return rc;
+}
+
+void dsm_mreg_forget(dsm_mreg_t *m)
+{
+    if (!m)
+        return;
     free(m->rkey);
     free(m);
-    return rc;
 }
 
 static int rma_check(int peer, size_t len, const dsm_mreg_t *m, uint64_t off)
@@ -580,6 +588,9 @@ static void teardown(int clean)
         core.progress_running = 0;
     }
     tp_close_all();
+    dsm_pg_teardown();
+    dsm_dir_teardown();
+    dsm_alloc_reset();
     dsm_region_release();
     free(core.peer_tp);
     core.peer_tp = NULL;
@@ -649,7 +660,8 @@ DSM_API int dsm_init_version(int api_version, int *argc, char ***argv)
         snprintf(err, sizeof err, "out of memory");
         goto fail;
     }
-    if ((rc = dsm_barrier_setup()) || (rc = dsm_region_reserve())) {
+    if ((rc = dsm_barrier_setup()) || (rc = dsm_region_reserve()) || (rc = dsm_alloc_setup()) ||
+        (rc = dsm_pg_setup()) || (rc = dsm_dir_setup())) {
         snprintf(err, sizeof err, "%s", dsm_strerror(rc));
         goto fail;
     }

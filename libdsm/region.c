@@ -1,34 +1,49 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * region.c - the shared range's address space (DESIGN.md 4.1): reserved at DSM_BASE for DSM_HEAP_SIZE bytes
- * on every node, inaccessible until the allocators map memory into it. The reservation is agreed collectively:
- * every node reports its range (or its failure), so a clash on any node fails dsm_init on all of them with the
- * cause named, instead of leaving the others waiting.
+ * region.c - the shared range (region.h, DESIGN.md 4.1). Owns the two views, the memfd, chunk growth and the
+ * per-page home table; knows nothing of the coherence protocol (pg_fault.c, dir_msi.c) beyond setting page
+ * protection. The reservation is agreed collectively: every node reports its range (or its failure), so a
+ * clash on any node fails dsm_init on all of them with the cause named, instead of leaving the others waiting.
  */
 #include "config.h"
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "dsm.h"
 #include "libdsm/core.h"
 #include "libdsm/log.h"
+#include "libdsm/region.h"
 
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
 
-static void *region_base;
-static size_t region_size;
+/* The memfd grows by at least this much at a time: per-chunk registration (rxe has no on-demand paging) and
+ * few mappings. */
+#define CHUNK_MIN (16u << 20)
 
-int dsm_region_reserve(void)
+dsm_region_t dsm_region = {.memfd = -1};
+
+static struct chunk {
+    struct chunk *next;
+    dsm_mreg_t *mreg;
+} *chunks;
+
+static void *reserve_meta(size_t bytes)
 {
-    const dsm_config_t *cfg = dsm_core_config();
-    dsm_boot_t *b = dsm_core_boot();
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static int reserve_local(const dsm_config_t *cfg)
+{
+    dsm_region_t *r = &dsm_region;
     void *want = (void *)(uintptr_t)cfg->base;
-    char mine[64];
     void *p = mmap(want, cfg->heap_size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE,
                    -1, 0);
     if (p == MAP_FAILED || p != want) {
@@ -39,12 +54,42 @@ int dsm_region_reserve(void)
                 "choose a free range with DSM_BASE or a smaller DSM_HEAP_SIZE",
                 (unsigned long long)cfg->base, (unsigned long long)cfg->heap_size,
                 e == EEXIST ? "the range overlaps an existing mapping" : strerror(e));
-        snprintf(mine, sizeof mine, "fail");
-    } else {
-        region_base = p;
-        region_size = cfg->heap_size;
-        snprintf(mine, sizeof mine, "%llx:%llx", (unsigned long long)cfg->base, (unsigned long long)cfg->heap_size);
+        return DSM_ENOMEM;
     }
+    r->app = p;
+    r->size = cfg->heap_size;
+    r->npages = cfg->heap_size >> DSM_PAGE_SHIFT;
+    p = mmap(NULL, cfg->heap_size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+        dsm_err("cannot reserve %llu bytes of address space for the system view: %s",
+                (unsigned long long)cfg->heap_size, strerror(errno));
+        return DSM_ENOMEM;
+    }
+    r->sys = p;
+    r->memfd = memfd_create("libdsm-heap", MFD_CLOEXEC);
+    if (r->memfd < 0) {
+        dsm_err("memfd_create: %s", strerror(errno));
+        return DSM_ESYS;
+    }
+    r->home = reserve_meta(r->npages * sizeof *r->home);
+    if (!r->home) {
+        dsm_err("cannot reserve the page table for %zu pages: %s", r->npages, strerror(errno));
+        return DSM_ENOMEM;
+    }
+    /* Pages start unallocated: -1. Only the table's pages in use are touched. */
+    return DSM_OK;
+}
+
+int dsm_region_reserve(void)
+{
+    const dsm_config_t *cfg = dsm_core_config();
+    dsm_boot_t *b = dsm_core_boot();
+    char mine[64];
+    int lrc = reserve_local(cfg);
+    if (lrc == DSM_OK)
+        snprintf(mine, sizeof mine, "%llx:%llx", (unsigned long long)cfg->base, (unsigned long long)cfg->heap_size);
+    else
+        snprintf(mine, sizeof mine, "fail");
     int rc = b->put(b, "region", mine, strlen(mine) + 1);
     if (rc == DSM_OK)
         rc = b->fence(b);
@@ -57,24 +102,103 @@ int dsm_region_reserve(void)
         theirs[n] = '\0';
         if (strcmp(theirs, mine) != 0) {
             if (strcmp(theirs, "fail") == 0 || strcmp(mine, "fail") == 0)
-                dsm_err("node %d could not reserve the shared range (its log says why)", strcmp(mine, "fail") ? r : b->rank);
+                dsm_err("node %d could not reserve the shared range (its log says why)",
+                        strcmp(mine, "fail") ? r : b->rank);
             else
                 dsm_err("the shared range differs between nodes: node %d has %s, node %d has %s "
                         "(DSM_BASE and DSM_HEAP_SIZE must be the same everywhere)", b->rank, mine, r, theirs);
             rc = DSM_EMISMATCH;
         }
     }
-    if (rc == DSM_OK && !region_base)
-        rc = DSM_ENOMEM;
+    if (rc == DSM_OK && lrc != DSM_OK)
+        rc = lrc;
     if (rc != DSM_OK)
         dsm_region_release();
     return rc;
 }
 
+/* Map [from, to) of the memfd into both views. */
+static int map_chunk(size_t from, size_t to)
+{
+    dsm_region_t *r = &dsm_region;
+    size_t len = to - from;
+    if (ftruncate(r->memfd, (off_t)to) < 0) {
+        dsm_err("cannot grow the shared memory file to %zu bytes: %s", to, strerror(errno));
+        return DSM_ENOMEM;
+    }
+    void *a = mmap(r->app + from, len, PROT_NONE, MAP_SHARED | MAP_FIXED, r->memfd, (off_t)from);
+    void *s = a == MAP_FAILED ? MAP_FAILED
+                              : mmap(r->sys + from, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, r->memfd,
+                                     (off_t)from);
+    if (a == MAP_FAILED || s == MAP_FAILED) {
+        int e = errno;
+        dsm_err("cannot map %zu bytes of shared memory: %s%s", len, strerror(e),
+                e == ENOMEM ? " (the process may have reached vm.max_map_count; see dsm_info)" : "");
+        return DSM_ENOMEM;
+    }
+    /* A fork must not share or copy the views (the child would see pages change under it). */
+    madvise(r->app + from, len, MADV_DONTFORK);
+    madvise(r->sys + from, len, MADV_DONTFORK);
+    return DSM_OK;
+}
+
+int dsm_region_grow(size_t end)
+{
+    dsm_region_t *r = &dsm_region;
+    if (end <= r->mapped)
+        return DSM_OK;
+    if (end > r->size)
+        return DSM_ENOMEM;
+    size_t to = r->mapped + CHUNK_MIN;
+    if (to < end)
+        to = (end + CHUNK_MIN - 1) / CHUNK_MIN * CHUNK_MIN;
+    if (to > r->size)
+        to = r->size;
+    struct chunk *c = calloc(1, sizeof *c);
+    if (!c)
+        return DSM_ENOMEM;
+    int rc = map_chunk(r->mapped, to);
+    /* Registration is collective; every node grows in the same calls, so every node reaches it, also after a
+     * local failure, and the failure is then reported by all. */
+    int mrc = dsm_mreg_create(r->sys + r->mapped, to - r->mapped, &c->mreg);
+    if (rc == DSM_OK && mrc != DSM_OK)
+        rc = mrc;
+    if (rc != DSM_OK) {
+        free(c);
+        return rc;
+    }
+    c->next = chunks;
+    chunks = c;
+    for (size_t p = r->mapped >> DSM_PAGE_SHIFT; p < to >> DSM_PAGE_SHIFT; p++)
+        r->home[p] = -1;
+    __atomic_store_n(&r->mapped, to, __ATOMIC_RELEASE);
+    return DSM_OK;
+}
+
+int dsm_region_protect(size_t p, size_t n, int prot)
+{
+    static const int prots[] = {PROT_NONE, PROT_READ, PROT_READ | PROT_WRITE};
+    if (mprotect(dsm_region.app + (p << DSM_PAGE_SHIFT), n << DSM_PAGE_SHIFT, prots[prot]) < 0)
+        return -errno;
+    return 0;
+}
+
 void dsm_region_release(void)
 {
-    if (region_base)
-        munmap(region_base, region_size);
-    region_base = NULL;
-    region_size = 0;
+    dsm_region_t *r = &dsm_region;
+    while (chunks) {
+        struct chunk *n = chunks->next;
+        dsm_mreg_forget(chunks->mreg);
+        free(chunks);
+        chunks = n;
+    }
+    if (r->app)
+        munmap(r->app, r->size);
+    if (r->sys)
+        munmap(r->sys, r->size);
+    if (r->home)
+        munmap(r->home, r->npages * sizeof *r->home);
+    if (r->memfd >= 0)
+        close(r->memfd);
+    *r = (dsm_region_t){.memfd = -1};
 }

@@ -1,0 +1,221 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * alloc.c - the collective allocators dsm_alloc, dsm_alloc_home and dsm_dealloc (DESIGN.md 2): first fit over
+ * the shared range, the same decisions on every node because every node makes the same calls in the same order
+ * (checked: each call's arguments are compared through the rendezvous, and any difference is DSM_EMISMATCH on
+ * every node). Pages of dsm_alloc are homed block-wise over the nodes; memory comes zero-filled (fresh memfd
+ * pages are zero; freed pages are zeroed by their home). After dsm_dealloc the range has no home, so a stale
+ * access dies with SIGSEGV like any use after free.
+ */
+#include "config.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dsm.h"
+#include "libdsm/coh.h"
+#include "libdsm/core.h"
+#include "libdsm/error.h"
+#include "libdsm/log.h"
+#include "libdsm/region.h"
+
+struct range {
+    struct range *next;
+    size_t off, len;  /* bytes, page multiples */
+};
+
+static pthread_mutex_t alloc_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct range *free_list, *used_list;
+static unsigned alloc_seq;
+
+void dsm_alloc_reset(void)
+{
+    struct range *lists[2] = {free_list, used_list};
+    for (int i = 0; i < 2; i++)
+        while (lists[i]) {
+            struct range *n = lists[i]->next;
+            free(lists[i]);
+            lists[i] = n;
+        }
+    free_list = used_list = NULL;
+    alloc_seq = 0;
+}
+
+int dsm_alloc_setup(void)
+{
+    dsm_alloc_reset();
+    free_list = calloc(1, sizeof *free_list);
+    if (!free_list)
+        return DSM_ENOMEM;
+    free_list->len = dsm_region.size;
+    return DSM_OK;
+}
+
+/* Every node must call with the same description. Each node compares all of them, so all reach the same
+ * verdict and none is left waiting in a later collective step. */
+static int agree(const char *what, const char *desc)
+{
+    dsm_boot_t *b = dsm_core_boot();
+    char key[48], theirs[128];
+    snprintf(key, sizeof key, "%s.%u", what, alloc_seq++);
+    int rc = b->put(b, key, desc, strlen(desc) + 1);
+    if (rc == DSM_OK)
+        rc = b->fence(b);
+    for (int r = 0; rc == DSM_OK && r < b->size; r++) {
+        size_t n = sizeof theirs;
+        rc = b->get(b, r, key, theirs, &n);
+        theirs[sizeof theirs - 1] = '\0';
+        if (rc == DSM_OK && strcmp(theirs, desc) != 0) {
+            dsm_err("collective %s differs between nodes: node %d called it with (%s), node %d with (%s)", what,
+                    r, theirs, dsm_core_rank(), desc);
+            rc = DSM_EMISMATCH;
+        }
+    }
+    return rc;
+}
+
+static void *alloc_common(size_t len, int home)
+{
+    int n = dsm_core_size();
+    if (n < 1) {
+        dsm_set_last_error(DSM_ENOTINIT);
+        return NULL;
+    }
+    char desc[64];
+    snprintf(desc, sizeof desc, "%zu bytes, home %d", len, home);
+    pthread_mutex_lock(&alloc_lock);
+    int rc = agree("dsm_alloc", desc);
+    size_t pages = (len + DSM_PAGE_SIZE - 1) / DSM_PAGE_SIZE, bytes = pages * DSM_PAGE_SIZE;
+    if (rc == DSM_OK && (len == 0 || home < -1 || home >= n)) {
+        rc = DSM_EINVAL;
+        dsm_err("dsm_alloc: %s", len == 0 ? "zero bytes" : "home node out of range");
+    }
+    struct range **pp = &free_list;
+    if (rc == DSM_OK) {
+        while (*pp && (*pp)->len < bytes)
+            pp = &(*pp)->next;
+        if (!*pp || len > dsm_region.size) {
+            rc = DSM_ENOMEM;
+            dsm_err("dsm_alloc: no free range of %zu bytes in the shared range (DSM_HEAP_SIZE=%zu)", len,
+                    dsm_region.size);
+        }
+    }
+    struct range *used = rc == DSM_OK ? calloc(1, sizeof *used) : NULL;
+    if (rc == DSM_OK && !used)
+        rc = DSM_ENOMEM;
+    size_t off = rc == DSM_OK ? (*pp)->off : 0;
+    if (rc == DSM_OK)
+        rc = dsm_region_grow(off + bytes);
+    if (rc != DSM_OK) {
+        free(used);
+        pthread_mutex_unlock(&alloc_lock);
+        dsm_set_last_error(rc);
+        return NULL;
+    }
+    (*pp)->off += bytes;
+    (*pp)->len -= bytes;
+    if ((*pp)->len == 0) {
+        struct range *gone = *pp;
+        *pp = gone->next;
+        free(gone);
+    }
+    used->off = off;
+    used->len = bytes;
+    used->next = used_list;
+    used_list = used;
+
+    size_t first = off >> DSM_PAGE_SHIFT;
+    int me = dsm_core_rank();
+    for (size_t i = 0; i < pages; i++) {
+        int h = home >= 0 ? home : (int)((i * (size_t)n) / pages);
+        if (h == me)
+            dsm_dir_reset(first + i, 1);
+        __atomic_store_n(&dsm_region.home[first + i], h, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&alloc_lock);
+    /* No node touches the range before every home has set up its directory entries. */
+    rc = dsm_barrier();
+    if (rc != DSM_OK) {
+        dsm_set_last_error(rc);
+        return NULL;
+    }
+    return dsm_region.app + off;
+}
+
+DSM_API void *dsm_alloc(size_t len)
+{
+    return alloc_common(len, -1);
+}
+
+DSM_API void *dsm_alloc_home(size_t len, int home)
+{
+    if (home < 0) {
+        /* Still collective: the others must not wait for this node. */
+        return alloc_common(len, -2);
+    }
+    return alloc_common(len, home);
+}
+
+DSM_API int dsm_dealloc(void *ptr)
+{
+    if (dsm_core_size() < 1)
+        return DSM_ENOTINIT;
+    uintptr_t a = (uintptr_t)ptr, b = (uintptr_t)dsm_region.app;
+    size_t off = a >= b && a < b + dsm_region.size ? a - b : (size_t)-1;
+    char desc[64];
+    snprintf(desc, sizeof desc, "offset %zd", (ssize_t)off);
+    pthread_mutex_lock(&alloc_lock);
+    int rc = agree("dsm_dealloc", desc);
+    struct range **pp = &used_list;
+    while (rc == DSM_OK && *pp && (*pp)->off != off)
+        pp = &(*pp)->next;
+    if (rc == DSM_OK && !*pp) {
+        dsm_err("dsm_dealloc(%p): not a pointer dsm_alloc returned, or already freed", ptr);
+        rc = DSM_EINVAL;
+    }
+    pthread_mutex_unlock(&alloc_lock);
+    if (rc != DSM_OK)
+        return rc;
+    /* Everybody has stopped using the range. */
+    if ((rc = dsm_barrier()) != DSM_OK)
+        return rc;
+    pthread_mutex_lock(&alloc_lock);
+    struct range *r = *pp;
+    *pp = r->next;
+    size_t first = r->off >> DSM_PAGE_SHIFT, pages = r->len >> DSM_PAGE_SHIFT;
+    int me = dsm_core_rank();
+    dsm_pg_reset(first, pages);
+    for (size_t i = first; i < first + pages; i++) {
+        if (dsm_region.home[i] == me) {
+            memset(dsm_region.sys + (i << DSM_PAGE_SHIFT), 0, DSM_PAGE_SIZE);
+            dsm_dir_reset(i, 1);
+        }
+        __atomic_store_n(&dsm_region.home[i], -1, __ATOMIC_RELEASE);
+    }
+    /* Back into the free list, sorted by offset, merged with its neighbours. */
+    struct range **fp = &free_list;
+    while (*fp && (*fp)->off < r->off)
+        fp = &(*fp)->next;
+    r->next = *fp;
+    *fp = r;
+    if (r->next && r->off + r->len == r->next->off) {
+        struct range *m = r->next;
+        r->len += m->len;
+        r->next = m->next;
+        free(m);
+    }
+    if (fp != &free_list) {
+        struct range *prev = free_list;
+        while (prev->next != r)
+            prev = prev->next;
+        if (prev->off + prev->len == r->off) {
+            prev->len += r->len;
+            prev->next = r->next;
+            free(r);
+        }
+    }
+    pthread_mutex_unlock(&alloc_lock);
+    return dsm_barrier();
+}

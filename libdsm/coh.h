@@ -1,0 +1,48 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * coh.h - the coherence engine's internal interface: node-side page states and faults (pg_fault.c) and the
+ * home directory (dir_msi.c). The protocol and its invariants are described at the top of dir_msi.c; the
+ * Promela model of the same states and messages is to live in tests/model/ (issue 4, not yet written).
+ */
+#ifndef DSM_COH_H
+#define DSM_COH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Node-side page states (application-view protection). */
+enum { DSM_PG_I = 0, DSM_PG_S = 1, DSM_PG_M = 2 };
+
+/* Messages, as active-message handler ids. Headers: u64 page index, then the fields named. */
+enum {
+    DSM_AM_GETS = 10,       /* node -> home: read miss */
+    DSM_AM_GETM = 11,       /* node -> home: write miss or upgrade */
+    DSM_AM_GRANT = 12,      /* home -> node: + u8 mode; payload: the page, or none on an upgrade */
+    DSM_AM_INV = 13,        /* home -> sharer */
+    DSM_AM_INV_ACK = 14,    /* sharer -> home */
+    DSM_AM_RECALL = 15,     /* home -> owner: + u8 state to keep (S or I) */
+    DSM_AM_RECALL_ACK = 16, /* owner -> home; payload: the page */
+};
+
+/* pg_fault.c */
+int dsm_pg_setup(void);
+void dsm_pg_teardown(void);
+/* Bring page p to at least S (write = 0) or M; blocks until granted. Async-signal-safe in the sense of
+ * DESIGN.md 4.2 (no lock the faulting thread can hold, no stdio). */
+void dsm_pg_fault(size_t p, int write);
+/* A grant arrived (or the home granted to itself): data is the page or NULL. */
+int dsm_pg_grant(size_t p, int mode, const void *data);
+/* Set this node's copy of page p to S or I (downgrade or invalidate), protection first. */
+void dsm_pg_demote(size_t p, int state);
+/* Forget every page in [p, p+n): state I, no access (dsm_dealloc). */
+void dsm_pg_reset(size_t p, size_t n);
+
+/* dir_msi.c */
+int dsm_dir_setup(void);
+void dsm_dir_teardown(void);
+/* A request from node src for page p homed here (src may be this node). */
+void dsm_dir_request(size_t p, int src, int mode);
+/* Reset the directory entries of [p, p+n) to Uncached, owned by the home (dsm_alloc, dsm_dealloc). */
+void dsm_dir_reset(size_t p, size_t n);
+
+#endif /* DSM_COH_H */

@@ -1,0 +1,417 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dir_msi.c - the home side of coherence: a directory entry per page homed here, and the MSI protocol of
+ * DESIGN.md 4.3. The node side (page states, faults, GRANT/INV/RECALL handling) is pg_fault.c.
+ *
+ * States.
+ *   home directory:  U  uncached: only the home's memory is valid, nobody holds the page
+ *                    S  shared: the home's memory is valid; the sharers hold read-only copies
+ *                    M  modified: the owner holds the only valid copy, read-write
+ *   transient (busy): RECALL  waiting for the owner's RECALL_ACK (with the page)
+ *                     INV     waiting for acks of every invalidated sharer
+ *   node:            I, S, M  (pg_fault.c; application-view protection none, read, read-write)
+ * The home's own copy is its memfd page, which is also its application view: the home is in the sharers when
+ * its local state is S, the owner when M, neither when I.
+ *
+ * Transitions (request of node r; "data" = the home's page is sent along):
+ *   GETS, U or S        -> S, r joins the sharers, GRANT(S, data)                      serve()
+ *   GETS, M (owner o)   -> RECALL(o, keep S); on RECALL_ACK: page stored, S {o, r},
+ *                          GRANT(S, data)                                               serve(), on_recall_ack()
+ *   GETM, U             -> M owner r, GRANT(M, data)                                    serve()
+ *   GETM, S             -> INV to every sharer but r; on the last INV_ACK: M owner r,
+ *                          GRANT(M, data unless r was a sharer: an upgrade)             serve(), on_inv_ack()
+ *   GETM, M (owner o)   -> RECALL(o, keep I); on RECALL_ACK: page stored, M owner r,
+ *                          GRANT(M, data)                                               serve(), on_recall_ack()
+ * When the home itself is the sharer or owner to demote, it demotes its own page in place (no message), and a
+ * grant to itself carries no data (its memory is the home copy).
+ *
+ * Invariants (numbered as in the model to come, tests/model/):
+ *   1. A page is served by one transaction at a time: requests that find it busy wait in its FIFO queue.
+ *   2. State M has exactly one owner and no sharers; S has no owner; U has neither.
+ *   3. A write grant is sent only after every other copy is gone (acks counted), so there is one writer.
+ *   4. Messages between two nodes arrive in the order sent (per-pair FIFO, a transport guarantee), so a node
+ *      always sees its GRANT before any later INV or RECALL of the same page, and no acknowledgement of a grant
+ *      is needed.
+ * Races and why they are safe:
+ *   - r holds S and asks to upgrade while another node's GETM is served first: r is invalidated (INV, I), and
+ *     its queued GETM is then served as a miss with data, because the home decides "data or not" from the
+ *     directory when it serves the request, not when it arrived.
+ *   - Two nodes upgrade at once: invariant 1 orders them; the second is the case above.
+ *   - An INV or RECALL crossing a request from the same node: invariant 4 and the queue keep them apart.
+ *
+ * Locks: a per-entry spin lock; the order is directory entry, then the page's node-side lock (pg_fault.c).
+ * Requests from this node's own faulting threads run here directly, in that thread; messages run on the
+ * progress thread. Nothing here waits for a remote reply: a transaction that needs one returns and resumes in
+ * the handler of the reply. The wait queue uses a fixed pool, so serving a request never allocates.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "dsm.h"
+#include "libdsm/coh.h"
+#include "libdsm/core.h"
+#include "libdsm/log.h"
+#include "libdsm/region.h"
+#include "transport/wire.h"
+
+enum { DIR_U = 0, DIR_S = 1, DIR_M = 2 };
+enum { BUSY_NONE = 0, BUSY_RECALL = 1, BUSY_INV = 2 };
+
+struct dir {
+    uint8_t lock;
+    uint8_t state;
+    uint8_t busy;
+    uint8_t req_mode;   /* the request being served */
+    uint8_t req_had;    /* the requester was a sharer when its GETM was served */
+    int32_t owner;
+    int32_t req;
+    uint32_t acks;      /* invalidations not acknowledged yet */
+    uint32_t qhead, qtail;  /* waiting requests: pool indices, 0 = none */
+    uint64_t sharers[]; /* a bit per node */
+};
+
+struct waiter {
+    uint32_t next;
+    int32_t node;
+    uint8_t mode;
+};
+
+#define POOL_SIZE (1u << 16)
+
+static uint8_t *dirs;       /* npages entries of dir_stride bytes */
+static size_t dir_stride, ndirs, words;
+static struct waiter *pool; /* [POOL_SIZE]; entry 0 unused */
+static uint32_t pool_free;
+static uint8_t pool_lock;
+
+static struct dir *dir_at(size_t p)
+{
+    return (struct dir *)(dirs + p * dir_stride);
+}
+
+static void spin_lock(uint8_t *l)
+{
+    for (int spins = 0; __atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE); spins++) {
+        if (spins < 100)
+            __builtin_ia32_pause();
+        else
+            sched_yield();
+    }
+}
+
+static void spin_unlock(uint8_t *l)
+{
+    __atomic_store_n(l, 0, __ATOMIC_RELEASE);
+}
+
+static int is_sharer(const struct dir *d, int n)
+{
+    return (d->sharers[n / 64] >> (n % 64)) & 1;
+}
+
+static void set_sharer(struct dir *d, int n)
+{
+    d->sharers[n / 64] |= 1ull << (n % 64);
+}
+
+static void clear_sharers(struct dir *d)
+{
+    memset(d->sharers, 0, words * 8);
+}
+
+/* ---- wait queue ---- */
+
+static void enqueue(struct dir *d, int node, int mode)
+{
+    spin_lock(&pool_lock);
+    uint32_t i = pool_free;
+    if (i)
+        pool_free = pool[i].next;
+    spin_unlock(&pool_lock);
+    if (!i)
+        dsm_fail_stop(-1, "too many page requests waiting at this home (pool exhausted)");
+    pool[i] = (struct waiter){.next = 0, .node = node, .mode = (uint8_t)mode};
+    if (d->qtail)
+        pool[d->qtail].next = i;
+    else
+        d->qhead = i;
+    d->qtail = i;
+}
+
+static int dequeue(struct dir *d, int *node, int *mode)
+{
+    uint32_t i = d->qhead;
+    if (!i)
+        return 0;
+    d->qhead = pool[i].next;
+    if (!d->qhead)
+        d->qtail = 0;
+    *node = pool[i].node;
+    *mode = pool[i].mode;
+    spin_lock(&pool_lock);
+    pool[i].next = pool_free;
+    pool_free = i;
+    spin_unlock(&pool_lock);
+    return 1;
+}
+
+/* ---- sending ---- */
+
+static void send_or_die(int to, uint8_t id, const void *hdr, size_t hl, const void *payload, size_t len)
+{
+    if (dsm_am_send(to, id, hdr, hl, payload, len) != DSM_OK)
+        dsm_fail_stop(to, "cannot send a coherence message");
+}
+
+static void grant(size_t p, int to, int mode, int with_data)
+{
+    if (to == dsm_core_rank()) {
+        if (dsm_pg_grant(p, mode, NULL) != DSM_OK)
+            dsm_fail_stop(-1, "internal error: a home granted itself a page it did not ask for");
+        return;
+    }
+    uint8_t h[9];
+    dsm_le64_put(h, p);
+    h[8] = (uint8_t)mode;
+    send_or_die(to, DSM_AM_GRANT, h, sizeof h, with_data ? dsm_region.sys + (p << DSM_PAGE_SHIFT) : NULL,
+                with_data ? DSM_PAGE_SIZE : 0);
+}
+
+/* ---- serving ---- */
+
+/* Serve one request; the entry is locked and not busy. Leaves it busy when a reply is needed. */
+static void serve(size_t p, struct dir *d, int r, int mode)
+{
+    int me = dsm_core_rank(), n = dsm_core_size();
+    uint8_t h[9];
+    dsm_le64_put(h, p);
+    if (d->state == DIR_M && d->owner != r) {
+        int o = d->owner;
+        int keep = mode == DSM_PG_S ? DSM_PG_S : DSM_PG_I;
+        if (o == me) {
+            dsm_pg_demote(p, keep);
+        } else {
+            d->busy = BUSY_RECALL;
+            d->req = r;
+            d->req_mode = (uint8_t)mode;
+            h[8] = (uint8_t)keep;
+            send_or_die(o, DSM_AM_RECALL, h, sizeof h, NULL, 0);
+            return;
+        }
+        /* The home demoted itself: its memory is current. */
+        clear_sharers(d);
+        if (keep == DSM_PG_S) {
+            d->state = DIR_S;
+            set_sharer(d, o);
+            set_sharer(d, r);
+        } else {
+            d->state = DIR_M;
+            d->owner = r;
+        }
+        grant(p, r, mode, r != me);
+        return;
+    }
+    if (d->state == DIR_M) {
+        /* r already owns it (a request that crossed its own grant cannot happen, invariant 4): re-grant. */
+        grant(p, r, DSM_PG_M, 0);
+        return;
+    }
+    if (mode == DSM_PG_S) {
+        d->state = DIR_S;
+        set_sharer(d, r);
+        grant(p, r, DSM_PG_S, r != me);
+        return;
+    }
+    /* GETM on U or S. */
+    int had = is_sharer(d, r);
+    uint32_t acks = 0;
+    if (d->state == DIR_S) {
+        for (int s = 0; s < n; s++) {
+            if (s == r || !is_sharer(d, s))
+                continue;
+            if (s == me) {
+                dsm_pg_demote(p, DSM_PG_I);
+            } else {
+                send_or_die(s, DSM_AM_INV, h, 8, NULL, 0);
+                acks++;
+            }
+        }
+    }
+    clear_sharers(d);
+    if (acks) {
+        d->busy = BUSY_INV;
+        d->acks = acks;
+        d->req = r;
+        d->req_mode = DSM_PG_M;
+        d->req_had = (uint8_t)had;
+        return;
+    }
+    d->state = DIR_M;
+    d->owner = r;
+    grant(p, r, DSM_PG_M, !had && r != me);
+}
+
+/* Serve queued requests until one needs a reply or the queue is empty. Entry locked. */
+static void drain(size_t p, struct dir *d)
+{
+    int r, mode;
+    while (!d->busy && dequeue(d, &r, &mode))
+        serve(p, d, r, mode);
+}
+
+void dsm_dir_request(size_t p, int src, int mode)
+{
+    struct dir *d = dir_at(p);
+    spin_lock(&d->lock);
+    if (d->busy || d->qhead)
+        enqueue(d, src, mode);
+    else
+        serve(p, d, src, mode);
+    spin_unlock(&d->lock);
+}
+
+void dsm_dir_reset(size_t p, size_t n)
+{
+    for (size_t i = p; i < p + n; i++) {
+        struct dir *d = dir_at(i);
+        d->state = DIR_U;
+        d->busy = BUSY_NONE;
+        d->owner = -1;
+        d->acks = 0;
+        d->qhead = d->qtail = 0;
+        clear_sharers(d);
+    }
+}
+
+/* ---- messages ---- */
+
+/* The page of a message to its home: valid index, homed here. */
+static int home_page(const void *hdr, size_t hl, size_t want, size_t *p_out)
+{
+    if (hl != want)
+        return 0;
+    uint64_t p = dsm_le64_get(hdr);
+    if (p >= (dsm_region.mapped >> DSM_PAGE_SHIFT) || dsm_region.home[p] != dsm_core_rank())
+        return 0;
+    *p_out = (size_t)p;
+    return 1;
+}
+
+static int on_get(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *payload, size_t len)
+{
+    (void)arg;
+    (void)payload;
+    size_t p;
+    if (!home_page(hdr, hl, 8, &p) || len) {
+        dsm_err("malformed page request from node %d", src);
+        return DSM_EPROTO;
+    }
+    dsm_dir_request(p, src, id == DSM_AM_GETM ? DSM_PG_M : DSM_PG_S);
+    return DSM_OK;
+}
+
+static int on_inv_ack(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *payload, size_t len)
+{
+    (void)arg;
+    (void)id;
+    (void)payload;
+    size_t p;
+    if (!home_page(hdr, hl, 8, &p) || len) {
+        dsm_err("malformed invalidation ack from node %d", src);
+        return DSM_EPROTO;
+    }
+    struct dir *d = dir_at(p);
+    spin_lock(&d->lock);
+    if (d->busy != BUSY_INV || d->acks == 0) {
+        spin_unlock(&d->lock);
+        dsm_err("unexpected invalidation ack from node %d for page %zu", src, p);
+        return DSM_EPROTO;
+    }
+    if (--d->acks == 0) {
+        d->busy = BUSY_NONE;
+        d->state = DIR_M;
+        d->owner = d->req;
+        grant(p, d->req, DSM_PG_M, !d->req_had && d->req != dsm_core_rank());
+        drain(p, d);
+    }
+    spin_unlock(&d->lock);
+    return DSM_OK;
+}
+
+static int on_recall_ack(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *payload,
+                         size_t len)
+{
+    (void)arg;
+    (void)id;
+    size_t p;
+    if (!home_page(hdr, hl, 8, &p) || len != DSM_PAGE_SIZE) {
+        dsm_err("malformed recall ack from node %d", src);
+        return DSM_EPROTO;
+    }
+    struct dir *d = dir_at(p);
+    spin_lock(&d->lock);
+    if (d->busy != BUSY_RECALL || d->owner != src) {
+        spin_unlock(&d->lock);
+        dsm_err("unexpected recall ack from node %d for page %zu", src, p);
+        return DSM_EPROTO;
+    }
+    /* The home's memory becomes the current copy again. Its own view is I here (the owner was another node). */
+    memcpy(dsm_region.sys + (p << DSM_PAGE_SHIFT), payload, DSM_PAGE_SIZE);
+    d->busy = BUSY_NONE;
+    clear_sharers(d);
+    int r = d->req;
+    if (d->req_mode == DSM_PG_S) {
+        d->state = DIR_S;
+        set_sharer(d, src);
+        set_sharer(d, r);
+    } else {
+        d->state = DIR_M;
+        d->owner = r;
+    }
+    grant(p, r, d->req_mode, r != dsm_core_rank());
+    drain(p, d);
+    spin_unlock(&d->lock);
+    return DSM_OK;
+}
+
+int dsm_dir_setup(void)
+{
+    int n = dsm_core_size();
+    words = ((size_t)n + 63) / 64;
+    dir_stride = (sizeof(struct dir) + words * 8 + 7) / 8 * 8;
+    ndirs = dsm_region.npages;
+    void *m = mmap(NULL, ndirs * dir_stride, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    void *q = mmap(NULL, POOL_SIZE * sizeof *pool, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED || q == MAP_FAILED) {
+        dsm_err("cannot reserve the page directory: %s", strerror(errno));
+        if (m != MAP_FAILED)
+            munmap(m, ndirs * dir_stride);
+        return DSM_ENOMEM;
+    }
+    dirs = m;
+    pool = q;
+    for (uint32_t i = 1; i < POOL_SIZE; i++)
+        pool[i].next = i + 1 < POOL_SIZE ? i + 1 : 0;
+    pool_free = 1;
+    int rc;
+    if ((rc = dsm_am_register(DSM_AM_GETS, on_get, NULL)) || (rc = dsm_am_register(DSM_AM_GETM, on_get, NULL)) ||
+        (rc = dsm_am_register(DSM_AM_INV_ACK, on_inv_ack, NULL)) ||
+        (rc = dsm_am_register(DSM_AM_RECALL_ACK, on_recall_ack, NULL)))
+        return rc;
+    return DSM_OK;
+}
+
+void dsm_dir_teardown(void)
+{
+    if (dirs)
+        munmap(dirs, ndirs * dir_stride);
+    if (pool)
+        munmap(pool, POOL_SIZE * sizeof *pool);
+    dirs = NULL;
+    pool = NULL;
+}

@@ -1,0 +1,318 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * pg_fault.c - the node side of coherence (DESIGN.md 4.2): the SIGSEGV handler, each page's local state
+ * (I, S, M = no access, read, read-write in the application view), and the handlers for what the home sends
+ * (GRANT, INV, RECALL). The home's side is dir_msi.c.
+ *
+ * A fault: the faulting thread sends its own request to the page's home and waits on the page's sequence
+ * word (futex). Faults on one page coalesce: while a request is out (want != 0), later faulters only wait.
+ * Faults on different pages proceed in parallel; there is no global fault lock.
+ * Rules for the fault path: a SIGSEGV here is synchronous, raised by an application access to the application
+ * view, and libdsm never touches the application view while it holds one of its own locks; so the per-page
+ * lock below cannot be held by the interrupted thread itself. No stdio, no malloc on this node's side; fatal
+ * errors are written with write(2) and end in _exit (dsm_fail_stop).
+ * Ordering: a downgrade or invalidation protects the application view first and only then reads or gives up
+ * the page, so no local store is lost (mprotect's TLB shootdown also drains the writer's store buffer).
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include "dsm.h"
+#include "libdsm/coh.h"
+#include "libdsm/core.h"
+#include "libdsm/log.h"
+#include "libdsm/region.h"
+#include "transport/wire.h"
+
+struct pg {
+    uint32_t seq;   /* futex word: bumped on every change of state */
+    uint8_t lock;
+    uint8_t state;  /* DSM_PG_* */
+    uint8_t want;   /* mode requested from the home and not granted yet, or 0 */
+    uint8_t pad;
+};
+
+static struct pg *pgs;
+static size_t npgs;
+static struct sigaction old_segv, old_bus;
+static int installed;
+
+static void pg_lock(struct pg *g)
+{
+    for (int spins = 0; __atomic_exchange_n(&g->lock, 1, __ATOMIC_ACQUIRE); spins++) {
+        if (spins < 100)
+            __builtin_ia32_pause();
+        else
+            sched_yield();
+    }
+}
+
+static void pg_unlock(struct pg *g)
+{
+    __atomic_store_n(&g->lock, 0, __ATOMIC_RELEASE);
+}
+
+static void pg_changed(struct pg *g)
+{
+    __atomic_add_fetch(&g->seq, 1, __ATOMIC_RELEASE);
+    dsm_futex_wake(&g->seq);
+}
+
+/* Protection of one page; failing here leaves memory in an unknown state, so the node stops. */
+static void protect(size_t p, int state)
+{
+    int e = dsm_region_protect(p, 1, state);
+    if (e == -ENOMEM)
+        dsm_fail_stop(-1, "mprotect failed: out of memory mappings; raise the vm.max_map_count sysctl");
+    if (e)
+        dsm_fail_stop(-1, "mprotect of a shared page failed");
+}
+
+static void send_request(size_t p, int mode)
+{
+    int home = dsm_region.home[p];
+    if (home == dsm_core_rank()) {
+        dsm_dir_request(p, home, mode);
+        return;
+    }
+    uint8_t h[8];
+    dsm_le64_put(h, p);
+    if (dsm_am_send(home, mode == DSM_PG_M ? DSM_AM_GETM : DSM_AM_GETS, h, sizeof h, NULL, 0) != DSM_OK)
+        dsm_fail_stop(home, "cannot send a page request");
+}
+
+void dsm_pg_fault(size_t p, int write)
+{
+    struct pg *g = &pgs[p];
+    int need = write ? DSM_PG_M : DSM_PG_S;
+    int timeout_ms = dsm_core_config()->timeout_s * 1000;
+    for (;;) {
+        pg_lock(g);
+        if (g->state >= need) {
+            pg_unlock(g);
+            return;
+        }
+        uint32_t seq = __atomic_load_n(&g->seq, __ATOMIC_ACQUIRE);
+        int send = 0;
+        if (!g->want) {
+            g->want = (uint8_t)need;
+            send = 1;
+        }
+        pg_unlock(g);
+        if (send)
+            send_request(p, need);
+        /* Wait for the grant (or any change); a home that stays silent for DSM_TIMEOUT is lost. */
+        int waited = 0;
+        while (__atomic_load_n(&g->seq, __ATOMIC_ACQUIRE) == seq) {
+            if (waited >= timeout_ms)
+                dsm_fail_stop(dsm_region.home[p], "no answer to a page request within DSM_TIMEOUT");
+            if (dsm_futex_wait(&g->seq, seq, 100) < 0)
+                waited += 100;
+        }
+    }
+}
+
+int dsm_pg_grant(size_t p, int mode, const void *data)
+{
+    struct pg *g = &pgs[p];
+    pg_lock(g);
+    if (!g->want || mode < g->want || (!data && g->state == DSM_PG_I && dsm_region.home[p] != dsm_core_rank())) {
+        /* A grant nobody asked for, or one without data for a copy this node does not have. */
+        pg_unlock(g);
+        return DSM_EPROTO;
+    }
+    if (data)
+        memcpy(dsm_region.sys + (p << DSM_PAGE_SHIFT), data, DSM_PAGE_SIZE);
+    protect(p, mode);
+    g->state = (uint8_t)mode;
+    g->want = 0;
+    pg_changed(g);
+    pg_unlock(g);
+    return DSM_OK;
+}
+
+void dsm_pg_demote(size_t p, int state)
+{
+    struct pg *g = &pgs[p];
+    pg_lock(g);
+    if (g->state > state) {
+        protect(p, state);
+        g->state = (uint8_t)state;
+        pg_changed(g);
+    }
+    pg_unlock(g);
+}
+
+void dsm_pg_reset(size_t p, size_t n)
+{
+    if (dsm_region_protect(p, n, DSM_PG_I) < 0)
+        dsm_fail_stop(-1, "mprotect of freed shared pages failed");
+    for (size_t i = p; i < p + n; i++) {
+        pgs[i].state = DSM_PG_I;
+        pgs[i].want = 0;
+    }
+}
+
+/* ---- messages from the home ---- */
+
+static int page_from(const void *hdr, size_t hl, size_t want_len, int src, size_t *p_out)
+{
+    if (hl != want_len)
+        return 0;
+    uint64_t p = dsm_le64_get(hdr);
+    if (p >= (dsm_region.mapped >> DSM_PAGE_SHIFT) || dsm_region.home[p] != src)
+        return 0;
+    *p_out = (size_t)p;
+    return 1;
+}
+
+static int on_grant(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *payload, size_t len)
+{
+    (void)arg;
+    (void)id;
+    size_t p;
+    if (!page_from(hdr, hl, 9, src, &p) || (len != 0 && len != DSM_PAGE_SIZE)) {
+        dsm_err("malformed page grant from node %d", src);
+        return DSM_EPROTO;
+    }
+    int mode = ((const uint8_t *)hdr)[8];
+    if (mode != DSM_PG_S && mode != DSM_PG_M) {
+        dsm_err("page grant from node %d has mode %d", src, mode);
+        return DSM_EPROTO;
+    }
+    int rc = dsm_pg_grant(p, mode, len ? payload : NULL);
+    if (rc)
+        dsm_err("node %d granted page %zu that this node did not ask for, or without its data", src, p);
+    return rc;
+}
+
+static int on_inv(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *payload, size_t len)
+{
+    (void)arg;
+    (void)id;
+    (void)payload;
+    size_t p;
+    if (!page_from(hdr, hl, 8, src, &p) || len) {
+        dsm_err("malformed invalidation from node %d", src);
+        return DSM_EPROTO;
+    }
+    dsm_pg_demote(p, DSM_PG_I);
+    return dsm_am_send(src, DSM_AM_INV_ACK, hdr, 8, NULL, 0);
+}
+
+static int on_recall(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *payload, size_t len)
+{
+    (void)arg;
+    (void)id;
+    (void)payload;
+    size_t p;
+    if (!page_from(hdr, hl, 9, src, &p) || len) {
+        dsm_err("malformed recall from node %d", src);
+        return DSM_EPROTO;
+    }
+    int keep = ((const uint8_t *)hdr)[8];
+    if (keep != DSM_PG_S && keep != DSM_PG_I) {
+        dsm_err("recall from node %d asks for state %d", src, keep);
+        return DSM_EPROTO;
+    }
+    struct pg *g = &pgs[p];
+    if (__atomic_load_n(&g->state, __ATOMIC_ACQUIRE) != DSM_PG_M) {
+        dsm_err("node %d recalled page %zu, which this node does not own", src, p);
+        return DSM_EPROTO;
+    }
+    /* Protection first, then the data: no store can slip in after the copy. */
+    dsm_pg_demote(p, keep);
+    return dsm_am_send(src, DSM_AM_RECALL_ACK, hdr, 8, dsm_region.sys + (p << DSM_PAGE_SHIFT), DSM_PAGE_SIZE);
+}
+
+/* ---- signals ---- */
+
+static void chain(struct sigaction *old, int sig, siginfo_t *si, void *uc)
+{
+    if (old->sa_flags & SA_SIGINFO) {
+        if (old->sa_sigaction) {
+            old->sa_sigaction(sig, si, uc);
+            return;
+        }
+    } else if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN) {
+        old->sa_handler(sig);
+        return;
+    }
+    /* Default action: restore it and return; the faulting instruction runs again and the process dies of the
+     * signal, as it would without libdsm. */
+    signal(sig, SIG_DFL);
+}
+
+static void on_segv(int sig, siginfo_t *si, void *ucv)
+{
+    int saved = errno;
+    size_t p;
+    if (dsm_region_page(si->si_addr, &p)) {
+        const ucontext_t *uc = ucv;
+        /* Bit 1 of the x86 page-fault error code: the access was a write. */
+        int write = (uc->uc_mcontext.gregs[REG_ERR] & 2) != 0;
+        dsm_pg_fault(p, write);
+    } else {
+        chain(&old_segv, sig, si, ucv);
+    }
+    errno = saved;
+}
+
+static void on_bus(int sig, siginfo_t *si, void *ucv)
+{
+    uintptr_t a = (uintptr_t)si->si_addr;
+    dsm_region_t *r = &dsm_region;
+    if ((a >= (uintptr_t)r->app && a < (uintptr_t)r->app + r->size) ||
+        (a >= (uintptr_t)r->sys && a < (uintptr_t)r->sys + r->size))
+        dsm_fail_stop(-1, "SIGBUS on shared memory: no memory left for shared pages (memfd)");
+    chain(&old_bus, sig, si, ucv);
+}
+
+int dsm_pg_setup(void)
+{
+    npgs = dsm_region.npages;
+    void *m = mmap(NULL, npgs * sizeof *pgs, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (m == MAP_FAILED) {
+        dsm_err("cannot reserve page states for %zu pages: %s", npgs, strerror(errno));
+        return DSM_ENOMEM;
+    }
+    pgs = m;
+    int rc;
+    if ((rc = dsm_am_register(DSM_AM_GRANT, on_grant, NULL)) || (rc = dsm_am_register(DSM_AM_INV, on_inv, NULL)) ||
+        (rc = dsm_am_register(DSM_AM_RECALL, on_recall, NULL)))
+        return rc;
+    struct sigaction sa = {.sa_sigaction = on_segv, .sa_flags = SA_SIGINFO | SA_ONSTACK};
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGSEGV, &sa, &old_segv) < 0)
+        return DSM_ESYS;
+    sa.sa_sigaction = on_bus;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    if (sigaction(SIGBUS, &sa, &old_bus) < 0) {
+        sigaction(SIGSEGV, &old_segv, NULL);
+        return DSM_ESYS;
+    }
+    installed = 1;
+    return DSM_OK;
+}
+
+void dsm_pg_teardown(void)
+{
+    if (installed) {
+        sigaction(SIGSEGV, &old_segv, NULL);
+        sigaction(SIGBUS, &old_bus, NULL);
+        installed = 0;
+    }
+    if (pgs)
+        munmap(pgs, npgs * sizeof *pgs);
+    pgs = NULL;
+    npgs = 0;
+}
