@@ -175,13 +175,17 @@ static void rdv_note_abort(dsm_boot_t *b, const char *text)
     dsm_rdv_msg_t m = {.op = DSM_RDV_ABORT, .val = (const uint8_t *)text, .val_len = strlen(text)};
     if (m.val_len > DSM_RDV_TEXT_MAX)
         m.val_len = DSM_RDV_TEXT_MAX;
-    /* No lock: this runs on the way out and must not wait for a thread that holds it. The encoder works on a
-     * preallocated buffer and send(2) is async-signal-safe. */
+    /* This runs on the way out and must not wait for a thread that holds the lock; but bytes of a message
+     * another thread is sending must not be interleaved either, so the note is skipped when the lock is taken
+     * (the launcher then only misses which node was the cause). send(2) is async-signal-safe. */
+    if (pthread_mutex_trylock(&c->lock) != 0)
+        return;
     size_t n = dsm_rdv_msg_enc(c->abort_msg, &m);
     if (n) {
         ssize_t w = send(c->fd, c->abort_msg, n, MSG_NOSIGNAL | MSG_DONTWAIT);
         (void)w;
     }
+    pthread_mutex_unlock(&c->lock);
 }
 
 static void rdv_fini(dsm_boot_t *b, int clean)
@@ -229,6 +233,11 @@ static int coord_connect(const char *coord, int64_t deadline, char *err, size_t 
                 last_errno = errno;
                 continue;
             }
+            /* connect(2) gives up after SO_SNDTIMEO: an address that drops packets costs DSM_TIMEOUT, not the
+             * kernel's two minutes. */
+            int64_t left = deadline - now_ms();
+            struct timeval tv = {.tv_sec = left > 1000 ? left / 1000 : 1};
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
             if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
                 int one = 1;
                 setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);

@@ -402,7 +402,11 @@ int dsm_rma_flush(int peer)
 {
     if (!peer_ok(peer) || peer == core.rank)
         return DSM_EINVAL;
-    return PEER_TP(peer)->ops->flush(PEER_TP(peer)->tp, peer);
+    int rc = PEER_TP(peer)->ops->flush(PEER_TP(peer)->tp, peer);
+    /* A live peer answers within DSM_TIMEOUT (DESIGN.md 4.7): nothing returns to carry on without it. */
+    if (rc == DSM_ETIMEDOUT)
+        dsm_fail_stop(peer, "one-sided operations unanswered within DSM_TIMEOUT");
+    return rc;
 }
 
 void dsm_core_stats(dsm_stats_core_t *s)
@@ -728,7 +732,8 @@ DSM_API int dsm_finalize(void)
                 core.rank, core.tp_name, (unsigned long long)s.msgs_tx, (unsigned long long)s.bytes_tx,
                 (unsigned long long)s.msgs_rx, (unsigned long long)s.bytes_rx);
     }
-    teardown(rc == DSM_OK);
+    /* The rank did call dsm_finalize: tell the launcher so, even when it failed (its status says the rest). */
+    teardown(1);
     pthread_mutex_unlock(&core.lock);
     return rc;
 }

@@ -43,6 +43,8 @@
 #define GRACE_MS 3000
 #define SECONDARY_WAIT_MS 500
 #define HELLO_TIMEOUT_MS 30000
+#define SEND_WAIT_MS 5000
+#define RDV_GONE_GRACE_MS 2000
 
 struct client {
     int fd;
@@ -68,6 +70,7 @@ struct rank {
     int finished;   /* sent FIN */
     int secondary;  /* told us it fails because of another rank */
     int signalled;  /* dsmrun sent it a signal while it ran */
+    int64_t rdv_gone; /* when its rendezvous connection closed without FIN, 0 if not */
     int status;     /* exit status as dsmrun reports it */
     struct outbuf out[2];
 };
@@ -76,6 +79,8 @@ static struct {
     int n;
     int tag;
     int timeout_s;
+    int join_timeout_s; /* --serve: every rank must have joined by then */
+    int64_t join_by;
     const char *serve;
     int lfd;
     char coord[128];
@@ -87,12 +92,13 @@ static struct {
     int nfenced;
     int failing;        /* we are stopping the job */
     int first_fail;     /* rank whose failure decides the exit status, -1 */
+    int first_secondary; /* first rank that failed because it lost another, -1 */
     int stop_signal;    /* a signal we forwarded */
     int64_t term_at;    /* when to SIGTERM the survivors, 0 = not scheduled */
     int64_t kill_at;    /* when to SIGKILL the survivors, 0 = not scheduled */
     int absent_rank;    /* a rank that exited without joining, -1 */
     int exit_code;
-} run = {.first_fail = -1, .absent_rank = -1, .lfd = -1};
+} run = {.join_timeout_s = 300, .first_fail = -1, .first_secondary = -1, .absent_rank = -1, .lfd = -1};
 
 static int sigpipe_fd[2] = {-1, -1};
 
@@ -149,6 +155,7 @@ static void usage(FILE *f)
             "      --timeout S     stop the job after S seconds (exit status 124)\n"
             "      --serve H:P     only serve the rendezvous at H:P (port 0: any) for N ranks started by hand\n"
             "                      with DSM_RANK, DSM_SIZE and the DSM_COORD it prints\n"
+            "      --join-timeout S  with --serve: fail when not every rank joined within S seconds (300)\n"
             "  -h, --help          this text\n"
             "  -V, --version       libdsm version\n"
             "Exit status: 0 when every rank exits 0, else the first failing rank's status (128+signal if killed).\n");
@@ -156,17 +163,26 @@ static void usage(FILE *f)
 
 /* ---- the rendezvous server ---- */
 
+static void client_close(struct client *c);
+
+/* Send a whole message; a client that takes no data for SEND_WAIT_MS is closed (its rank then fails). */
 static void client_send(struct client *c, const dsm_rdv_msg_t *m)
 {
     uint8_t out[4 + DSM_RDV_MSG_MAX];
     size_t n = dsm_rdv_msg_enc(out, m);
-    /* Replies are small and ranks read them at once; a rank that does not is failing anyway. */
     for (size_t off = 0; n && off < n;) {
-        ssize_t w = send(c->fd, out + off, n - off, MSG_NOSIGNAL);
+        ssize_t w = send(c->fd, out + off, n - off, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w < 0 && errno == EINTR)
             continue;
-        if (w <= 0)
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            struct pollfd p = {.fd = c->fd, .events = POLLOUT};
+            if (poll(&p, 1, SEND_WAIT_MS) == 1)
+                continue;
+        }
+        if (w <= 0) {
+            client_close(c);
             return;
+        }
         off += (size_t)w;
     }
 }
@@ -182,6 +198,10 @@ static void client_close(struct client *c)
     if (c->fd >= 0)
         close(c->fd);
     c->fd = -1;
+    if (c->fenced) {
+        c->fenced = 0;
+        run.nfenced--;
+    }
 }
 
 static void fail_job(int rank, const char *why);
@@ -286,8 +306,11 @@ static void client_read(struct client *c)
                     char text[128];
                     snprintf(text, sizeof text, "rank %d left the rendezvous without dsm_finalize", rank);
                     fail_job(rank, text);
+                } else if (!run.rk[rank].rdv_gone) {
+                    /* Usually the process died and its exit status comes next; one that lives on without its
+                     * rendezvous would leave the others waiting (the loop checks after a grace period). */
+                    run.rk[rank].rdv_gone = now_ms();
                 }
-                /* Under dsmrun the exit status of the process tells the rest. */
             }
             return;
         }
@@ -323,10 +346,18 @@ static void accept_clients(void)
         int fd = accept4(run.lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0)
             return;
-        int slot = -1;
-        for (int i = 0; i < run.ncl && slot < 0; i++)
+        int slot = -1, oldest = -1;
+        for (int i = 0; i < run.ncl && slot < 0; i++) {
             if (run.cl[i].fd < 0)
                 slot = i;
+            else if (run.cl[i].rank < 0 && (oldest < 0 || run.cl[i].since < run.cl[oldest].since))
+                oldest = i;
+        }
+        if (slot < 0 && oldest >= 0) {
+            /* Strangers that never say HELLO must not crowd out the ranks. */
+            client_close(&run.cl[oldest]);
+            slot = oldest;
+        }
         if (slot < 0) {
             close(fd);
             continue;
@@ -404,12 +435,21 @@ static void spawn(int r, char **argv)
     int pout[2] = {-1, -1}, perr[2] = {-1, -1};
     if (run.tag && (pipe2(pout, O_CLOEXEC) < 0 || pipe2(perr, O_CLOEXEC) < 0))
         die("pipe: %s", strerror(errno));
+    /* Signals stay blocked until the child has dropped dsmrun's handlers: a SIGTERM meant for the rank must not
+     * run dsmrun's handler in the child and write into dsmrun's self-pipe. */
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, &old);
     pid_t pid = fork();
     if (pid < 0)
         die("fork: %s", strerror(errno));
     if (pid == 0) {
+        static const int sigs[] = {SIGCHLD, SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE};
+        for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+            signal(sigs[i], SIG_DFL);
+        close(sigpipe_fd[0]);
+        close(sigpipe_fd[1]);
         setpgid(0, 0);
-        signal(SIGPIPE, SIG_DFL);
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
@@ -436,6 +476,7 @@ static void spawn(int r, char **argv)
         fprintf(stderr, "dsmrun: cannot run %s: %s\n", argv[0], strerror(errno));
         _exit(127);
     }
+    sigprocmask(SIG_SETMASK, &old, NULL);
     setpgid(pid, pid);
     run.rk[r].pid = pid;
     run.rk[r].running = 1;
@@ -531,6 +572,8 @@ static void reap(void)
         if (k->status != 0) {
             if (!killed_by_us && !k->secondary && run.first_fail < 0)
                 run.first_fail = r;
+            if (!killed_by_us && k->secondary && run.first_secondary < 0)
+                run.first_secondary = r;
             if (killed_by_us)
                 ;
             else if (WIFSIGNALED(st))
@@ -643,6 +686,29 @@ static void loop(void)
                         out_read(r, &run.rk[r].out[j]);
         }
         int64_t now = now_ms();
+        for (int r = 0; r < run.n && !run.serve; r++)
+            if (run.rk[r].rdv_gone && run.rk[r].running && now - run.rk[r].rdv_gone > RDV_GONE_GRACE_MS &&
+                !run.failing) {
+                char why[160];
+                snprintf(why, sizeof why, "rank %d closed the rendezvous without dsm_finalize and still runs; "
+                         "stopping the job", r);
+                if (run.first_fail < 0)
+                    run.first_fail = r;
+                run.rk[r].status = 1;
+                fail_job(r, why);
+            }
+        if (run.serve && !run.failing && run.join_by && now > run.join_by) {
+            int joined = 0;
+            for (int r = 0; r < run.n; r++)
+                joined += run.rk[r].joined;
+            if (joined < run.n) {
+                char why[160];
+                snprintf(why, sizeof why, "only %d of %d ranks joined within --join-timeout %d s", joined, run.n,
+                         run.join_timeout_s);
+                fail_job(-1, why);
+            }
+            run.join_by = 0;
+        }
         /* Connections that never say HELLO are strangers. */
         for (int i = 0; i < run.ncl; i++)
             if (run.cl[i].fd >= 0 && run.cl[i].rank < 0 && now - run.cl[i].since > HELLO_TIMEOUT_MS)
@@ -673,6 +739,7 @@ int main(int argc, char **argv)
         {"np", required_argument, NULL, 'n'},      {"tag-output", no_argument, NULL, 't'},
         {"timeout", required_argument, NULL, 'T'}, {"serve", required_argument, NULL, 's'},
         {"help", no_argument, NULL, 'h'},          {"version", no_argument, NULL, 'V'},
+        {"join-timeout", required_argument, NULL, 'J'},
         {NULL, 0, NULL, 0}};
     int c;
     char *end;
@@ -690,6 +757,11 @@ int main(int argc, char **argv)
                 die("--timeout '%s': expected a positive number of seconds", optarg);
             break;
         case 's': run.serve = optarg; break;
+        case 'J':
+            run.join_timeout_s = (int)strtol(optarg, &end, 10);
+            if (*end || run.join_timeout_s < 1)
+                die("--join-timeout '%s': expected a positive number of seconds", optarg);
+            break;
         case 'h': usage(stdout); return 0;
         case 'V': printf("dsmrun (libdsm) %s\n", PACKAGE_VERSION); return 0;
         default: usage(stderr); return 2;
@@ -734,6 +806,7 @@ int main(int argc, char **argv)
     if (run.serve) {
         printf("DSM_COORD=%s\n", run.coord);
         fflush(stdout);
+        run.join_by = now_ms() + (int64_t)run.join_timeout_s * 1000;
         for (int r = 0; r < run.n; r++)
             run.rk[r].status = 0;
     } else {
@@ -744,8 +817,11 @@ int main(int argc, char **argv)
 
     int code = run.exit_code;
     if (!run.serve) {
+        /* The cause; else a rank that saw the cause; only then one that dsmrun stopped. */
         if (run.first_fail >= 0)
             code = run.rk[run.first_fail].status;
+        else if (run.first_secondary >= 0)
+            code = run.rk[run.first_secondary].status;
         else if (!code)
             for (int r = 0; r < run.n && !code; r++)
                 code = run.rk[r].status;

@@ -9,6 +9,8 @@
  *   behave nofinalize          init, barrier, exit 0
  *   behave mismatch            rank 1 sets DSM_TRANSPORT=tcp before init (the others keep the default)
  *   behave clash               rank 1 maps memory at DSM_BASE before init
+ *   behave extrabarrier        rank 0 calls dsm_barrier once more than the others, then all finalize
+ *   behave segv                rank 0 dereferences NULL after init
  * Exit status: 0, or the dsm_init error's status as a positive number (e.g. 7 for DSM_EMISMATCH).
  */
 #include "config.h"
@@ -92,6 +94,16 @@ int main(int argc, char **argv)
         close(open(path, O_CREAT | O_WRONLY, 0600));
         for (;;)
             pause();
+    }
+    if (!strcmp(mode, "extrabarrier")) {
+        if (dsm_barrier() != DSM_OK || (me == 0 && dsm_barrier() != DSM_OK))
+            return 2;
+        return dsm_finalize() == DSM_OK ? 0 : 1;
+    }
+    if (!strcmp(mode, "segv")) {
+        if (me == 0)
+            *(volatile int *)NULL = 1;
+        barriers_forever();
     }
     if (!strcmp(mode, "nofinalize")) {
         dsm_barrier();

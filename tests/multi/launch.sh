@@ -109,6 +109,42 @@ check "kill -9 of rank 1 by hand: rank 1 dies by SIGKILL, ranks 0 and 2 fail sto
 check "... each survivor names the lost node" \
   'grep -q "libdsm: node 1 lost" "$tmp/k0" && grep -q "libdsm: node 1 lost" "$tmp/k2"'
 
+# Collective calls that do not match: rank 0 waits in one barrier more while rank 1 finalizes and leaves. Rank
+# 0 must not wait forever: it fails stop naming node 1 (no launcher here to stop it).
+serve 2
+for r in 0 1; do
+  DSM_TIMEOUT=3 DSM_RANK=$r DSM_SIZE=2 DSM_COORD=$coord timeout 60 "$behave" extrabarrier >"$tmp/x$r" 2>&1 &
+  eval "p$r=\$!"
+done
+wait $p0; x0=$?
+wait $p1; x1=$?
+wait $spid
+cat "$tmp/x0" "$tmp/x1" >"$tmp/err"
+check "a rank left waiting in an extra barrier fails stop instead of hanging (exit $x0, the other $x1)" \
+  '[ $x0 = 1 ] && [ $x1 != 0 ] && [ $x1 != 124 ] && grep -q "libdsm: node 1 lost (it finished" "$tmp/x0"'
+
+# dsmrun --serve gives up when not every rank joins in time.
+timeout 60 "$dsmrun" --serve 127.0.0.1:0 -n 2 --join-timeout 2 >"$tmp/serve.j" 2>"$tmp/err" &
+spid=$!
+for _ in $(seq 300); do grep -q DSM_COORD "$tmp/serve.j" && break; sleep 0.1; done
+coord=$(sed -n 's/^DSM_COORD=//p' "$tmp/serve.j")
+DSM_RANK=0 DSM_SIZE=2 DSM_COORD=$coord timeout 60 "$behave" ok >"$tmp/j0" 2>&1
+j0=$?
+wait $spid; js=$?
+check "--join-timeout: the rank that came fails (exit $j0) and the server names the shortfall (exit $js)" \
+  '[ $j0 = 23 ] && [ $js = 1 ] && grep -q "only 1 of 2 ranks joined within --join-timeout 2 s" "$tmp/err"'
+
+rc=$(run -n 2 "$behave" segv)
+if [ -n "${DSM_TEST_SANITIZERS:-}" ]; then
+  # Under the sanitizers (ci/sanitize) UBSan reports the store first, or ASan's handler, to which libdsm passes
+  # the fault, reports it; either way the rank fails with a report.
+  check "a NULL dereference after dsm_init is reported by a sanitizer (dsmrun exit $rc)" \
+    '[ "$rc" != 0 ] && grep -q "store to null pointer\|AddressSanitizer: SEGV on unknown address" "$tmp/err"'
+else
+  check "a NULL dereference after dsm_init still dies of SIGSEGV (dsmrun exit $rc)" '[ "$rc" = 139 ]'
+  check "... and dsmrun names the signal" 'grep -q "rank 0 (pid [0-9]*) killed by signal 11" "$tmp/err"'
+fi
+
 DSM_RANK=0 DSM_SIZE=2 DSM_COORD=127.0.0.1:1 DSM_TIMEOUT=1 timeout 60 "$behave" ok >"$tmp/out" 2>"$tmp/err"
 rc=$?
 check "no rendezvous at DSM_COORD: a clear error, not a hang (got $rc)" \

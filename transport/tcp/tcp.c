@@ -66,7 +66,8 @@ struct tcp_conn {
     uint8_t *sbuf;
     size_t shead, stail, scap;
     int want_out;
-    int left;   /* the peer said BYE */
+    int left;      /* the peer said BYE */
+    int bye_sent;  /* this node said BYE */
 };
 
 struct tcp_op {
@@ -99,7 +100,7 @@ struct dsm_tp {
     pthread_mutex_t oplock;
     struct tcp_op *ops;
     uint64_t next_seq;
-    uint32_t *inflight;  /* per peer: put/get/atomic not yet answered */
+    uint32_t *completed; /* per peer: futex word bumped on every answer */
     dsm_wire_limits_t lim;
     unsigned refused;
 };
@@ -238,8 +239,13 @@ static void conn_refuse(dsm_tp_t *tp, struct tcp_conn *c, const char *why)
 /* A peer's connection failed. */
 static void conn_fail(dsm_tp_t *tp, struct tcp_conn *c, const char *why)
 {
+    /* A peer closes after both byes crossed; before this node's bye, it left while this node still needed it
+     * (collective calls that do not match), which must not leave this node waiting for it. */
     if (c->state == CONN_READY && c->left) {
+        int expected = __atomic_load_n(&c->bye_sent, __ATOMIC_ACQUIRE);
         conn_close(tp, c);
+        if (!expected)
+            tp->core->peer_lost(c->peer, "it finished (dsm_finalize) while this node was still working with it");
         return;
     }
     if (c->peer >= 0 && c->state == CONN_READY) {
@@ -361,6 +367,9 @@ static int conn_send(dsm_tp_t *tp, struct tcp_conn *c, const dsm_wire_hdr_t *h, 
         }
     }
     pthread_mutex_unlock(&c->slock);
+    /* Part of the frame may be on the wire already: the stream cannot continue without the rest. */
+    if (rc == DSM_ENOMEM && sent > 0 && c->peer >= 0)
+        tp->core->peer_lost(c->peer, "out of memory for the send queue");
     return rc;
 }
 
@@ -388,7 +397,6 @@ static struct tcp_op *op_add(dsm_tp_t *tp, int peer, uint8_t reply_type, dsm_tp_
     op->next = tp->ops;
     tp->ops = op;
     pthread_mutex_unlock(&tp->oplock);
-    __atomic_add_fetch(&tp->inflight[peer], 1, __ATOMIC_ACQ_REL);
     return op;
 }
 
@@ -411,8 +419,8 @@ static void op_done(dsm_tp_t *tp, struct tcp_op *op, int status, uint64_t value)
 {
     if (op->req)
         tp->core->complete(op->req, status, value);
-    if (__atomic_sub_fetch(&tp->inflight[op->peer], 1, __ATOMIC_ACQ_REL) == 0)
-        dsm_futex_wake(&tp->inflight[op->peer]);
+    __atomic_add_fetch(&tp->completed[op->peer], 1, __ATOMIC_ACQ_REL);
+    dsm_futex_wake(&tp->completed[op->peer]);
     free(op);
 }
 
@@ -543,21 +551,35 @@ static int tcp_atomic(dsm_tp_t *tp, int peer, enum dsm_tp_atomic_op op_code, con
     return op_issue(tp, c, peer, DSM_WIRE_ATOMIC_REP, req, NULL, 8, &h, ab, sizeof ab, NULL, 0, NULL, 0);
 }
 
+/* Is any request to peer with a sequence number up to seq still unanswered? */
+static int op_pending_upto(dsm_tp_t *tp, int peer, uint64_t seq)
+{
+    int pending = 0;
+    pthread_mutex_lock(&tp->oplock);
+    for (struct tcp_op *op = tp->ops; op && !pending; op = op->next)
+        pending = op->peer == peer && op->seq <= seq;
+    pthread_mutex_unlock(&tp->oplock);
+    return pending;
+}
+
 static int tcp_flush(dsm_tp_t *tp, int peer)
 {
     if (!peer_conn(tp, peer))
         return DSM_EINVAL;
+    /* Only what was issued before the call: other threads may keep issuing meanwhile. */
+    pthread_mutex_lock(&tp->oplock);
+    uint64_t upto = tp->next_seq;
+    pthread_mutex_unlock(&tp->oplock);
     int64_t deadline = now_ms() + tp->core->timeout_ms;
-    uint32_t n;
-    while ((n = __atomic_load_n(&tp->inflight[peer], __ATOMIC_ACQUIRE)) != 0) {
+    for (;;) {
+        uint32_t gen = __atomic_load_n(&tp->completed[peer], __ATOMIC_ACQUIRE);
+        if (!op_pending_upto(tp, peer, upto))
+            return DSM_OK;
         int64_t left = deadline - now_ms();
-        if (left <= 0) {
-            tp->core->peer_lost(peer, "one-sided operations unanswered within DSM_TIMEOUT");
+        if (left <= 0)
             return DSM_ETIMEDOUT;
-        }
-        dsm_futex_wait(&tp->inflight[peer], n, left > 100 ? 100 : (int)left);
+        dsm_futex_wait(&tp->completed[peer], gen, left > 100 ? 100 : (int)left);
     }
-    return DSM_OK;
 }
 
 static int tcp_am_send(dsm_tp_t *tp, int peer, uint8_t am_id, const void *hdr, size_t hdr_len, const void *payload,
@@ -577,6 +599,7 @@ static int tcp_bye(dsm_tp_t *tp, int peer)
     if (!c)
         return DSM_EINVAL;
     dsm_wire_hdr_t h = {.type = DSM_WIRE_BYE, .src = (uint32_t)tp->core->rank};
+    __atomic_store_n(&c->bye_sent, 1, __ATOMIC_RELEASE);
     return conn_send(tp, c, &h, NULL, 0, NULL, 0, NULL, 0);
 }
 
@@ -972,11 +995,11 @@ static int tcp_init(const dsm_tp_core_t *core, dsm_tp_t **tp_p, char *why, size_
     /* Every peer may be connecting at once at start-up, on top of any strangers. */
     int npending = core->size + TCP_STRANGERS_MAX;
     if (!tp || !(tp->peers = calloc((size_t)core->size, sizeof *tp->peers)) ||
-        !(tp->inflight = calloc((size_t)core->size, sizeof *tp->inflight)) ||
+        !(tp->completed = calloc((size_t)core->size, sizeof *tp->completed)) ||
         !(tp->pending = calloc((size_t)npending, sizeof *tp->pending))) {
         if (tp) {
             free(tp->peers);
-            free(tp->inflight);
+            free(tp->completed);
         }
         free(tp);
         snprintf(why, why_len, "out of memory");
@@ -1017,7 +1040,7 @@ fail:
     if (tp->epfd >= 0)
         close(tp->epfd);
     free(tp->peers);
-    free(tp->inflight);
+    free(tp->completed);
     free(tp->pending);
     free(tp);
     return DSM_ESYS;
@@ -1153,7 +1176,7 @@ static void tcp_finalize(dsm_tp_t *tp)
     pthread_rwlock_destroy(&tp->mrlock);
     free(tp->mrs);
     free(tp->peers);
-    free(tp->inflight);
+    free(tp->completed);
     free(tp->pending);
     free(tp);
 }
