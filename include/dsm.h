@@ -14,6 +14,7 @@
 #define DSM_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -99,6 +100,53 @@ DSM_API void *dsm_alloc_home(size_t len, int home);
 /* Collective: free what dsm_alloc or dsm_alloc_home returned. Every node must be done with the memory; an access
  * after it dies with SIGSEGV. DSM_EINVAL for any other pointer, DSM_EMISMATCH when nodes pass different ones. */
 DSM_API int dsm_dealloc(void *ptr);
+
+/* Collective: len bytes of words that live only at their home and are never cached, for the atomic calls
+ * below only (native RDMA atomics); a plain load or store on them is reported as a usage error and stops the
+ * job. Free with dsm_dealloc. Errors as dsm_alloc. */
+DSM_API void *dsm_alloc_atomic(size_t len);
+
+/* Bulk access. Modes for dsm_prefetch. */
+#define DSM_READ 1
+#define DSM_WRITE 2
+
+/* Fetch [addr, addr+len) for reading or writing in one batch (all page requests in flight at once). Afterwards
+ * the range may be given to a system call, provided no other node writes it meanwhile (the kernel does not
+ * fault shared memory in on libdsm's behalf: such a call fails with EFAULT). Errors: DSM_EINVAL (the range is
+ * not entirely shared memory, or a bad mode). */
+DSM_API int dsm_prefetch(const void *addr, size_t len, int mode);
+
+/* Copy len bytes from shared memory src (to private or shared dst), or into shared memory dst, coherently and
+ * without faulting page by page. Errors: DSM_EINVAL (the shared side is not entirely shared memory). */
+DSM_API int dsm_get(void *dst, const void *src, size_t len);
+DSM_API int dsm_put(void *dst, const void *src, size_t len);
+
+/* Atomics on any 8-byte-aligned word of shared memory; they return the old value. On dsm_alloc memory they are
+ * coherent with plain loads and stores on every node; on dsm_alloc_atomic memory they run at the word's home.
+ * A misaligned or non-shared address is a usage error: reported, then abort(). */
+DSM_API uint64_t dsm_fetch_add(uint64_t *addr, uint64_t v);
+DSM_API uint64_t dsm_cas(uint64_t *addr, uint64_t expect, uint64_t desired);
+DSM_API uint64_t dsm_atomic_load(const uint64_t *addr);
+DSM_API void dsm_atomic_store(uint64_t *addr, uint64_t v);
+
+/*
+ * Global locks. A dsm_lock_t is a plain 40-byte struct that may live anywhere in shared memory (e.g. inside a
+ * dsm_alloc'ed struct); any one thread initializes it once with dsm_lock_init. The home node of its page keeps
+ * its FIFO queue. Data written under the lock is seen by the next holder. Errors: DSM_EINVAL (not an
+ * initialized lock in shared memory, or unlocking a lock this node does not hold), DSM_EBUSY (dsm_trylock: held).
+ */
+typedef struct dsm_lock {
+    uint64_t opaque[5];
+} dsm_lock_t;
+
+DSM_API int dsm_lock_init(dsm_lock_t *l);
+DSM_API int dsm_lock(dsm_lock_t *l);
+DSM_API int dsm_trylock(dsm_lock_t *l);
+DSM_API int dsm_unlock(dsm_lock_t *l);
+/* For a lock from dsm_lock_create this is collective and frees it; else it marks it uninitialized. */
+DSM_API int dsm_lock_destroy(dsm_lock_t *l);
+/* Collective: a lock allocated and initialized for every node; NULL on error (dsm_last_error()). */
+DSM_API dsm_lock_t *dsm_lock_create(void);
 
 /* A static description of a status code; never NULL, also for unknown values. */
 DSM_API const char *dsm_strerror(int status);

@@ -76,7 +76,7 @@ static int agree(const char *what, const char *desc)
     return rc;
 }
 
-static void *alloc_common(size_t len, int home)
+static void *alloc_common(size_t len, int home, int kind)
 {
     int n = dsm_core_size();
     if (n < 1) {
@@ -84,7 +84,7 @@ static void *alloc_common(size_t len, int home)
         return NULL;
     }
     char desc[64];
-    snprintf(desc, sizeof desc, "%zu bytes, home %d", len, home);
+    snprintf(desc, sizeof desc, "%zu bytes, home %d, kind %d", len, home, kind);
     pthread_mutex_lock(&alloc_lock);
     int rc = agree("dsm_alloc", desc);
     size_t pages = (len + DSM_PAGE_SIZE - 1) / DSM_PAGE_SIZE, bytes = pages * DSM_PAGE_SIZE;
@@ -132,7 +132,8 @@ static void *alloc_common(size_t len, int home)
         int h = home >= 0 ? home : (int)((i * (size_t)n) / pages);
         if (h == me)
             dsm_dir_reset(first + i, 1);
-        __atomic_store_n(&dsm_region.home[first + i], h, __ATOMIC_RELEASE);
+        dsm_region.home[first + i] = h;
+        __atomic_store_n(&dsm_region.kind[first + i], (uint8_t)kind, __ATOMIC_RELEASE);
     }
     pthread_mutex_unlock(&alloc_lock);
     /* No node touches the range before every home has set up its directory entries. */
@@ -146,16 +147,21 @@ static void *alloc_common(size_t len, int home)
 
 DSM_API void *dsm_alloc(size_t len)
 {
-    return alloc_common(len, -1);
+    return alloc_common(len, -1, DSM_KIND_COHERENT);
+}
+
+DSM_API void *dsm_alloc_atomic(size_t len)
+{
+    return alloc_common(len, -1, DSM_KIND_ATOMIC);
 }
 
 DSM_API void *dsm_alloc_home(size_t len, int home)
 {
     if (home < 0) {
         /* Still collective: the others must not wait for this node. */
-        return alloc_common(len, -2);
+        return alloc_common(len, -2, DSM_KIND_COHERENT);
     }
-    return alloc_common(len, home);
+    return alloc_common(len, home, DSM_KIND_COHERENT);
 }
 
 DSM_API int dsm_dealloc(void *ptr)
@@ -188,11 +194,12 @@ DSM_API int dsm_dealloc(void *ptr)
     int me = dsm_core_rank();
     dsm_pg_reset(first, pages);
     for (size_t i = first; i < first + pages; i++) {
+        __atomic_store_n(&dsm_region.kind[i], DSM_KIND_NONE, __ATOMIC_RELEASE);
         if (dsm_region.home[i] == me) {
             memset(dsm_region.sys + (i << DSM_PAGE_SHIFT), 0, DSM_PAGE_SIZE);
             dsm_dir_reset(i, 1);
         }
-        __atomic_store_n(&dsm_region.home[i], -1, __ATOMIC_RELEASE);
+        dsm_region.home[i] = -1;
     }
     /* Back into the free list, sorted by offset, merged with its neighbours. */
     struct range **fp = &free_list;

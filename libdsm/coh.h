@@ -30,8 +30,13 @@ void dsm_pg_teardown(void);
 /* Bring page p to at least S (write = 0) or M; blocks until granted. Async-signal-safe in the sense of
  * DESIGN.md 4.2 (no lock the faulting thread can hold, no stdio). */
 void dsm_pg_fault(size_t p, int write);
+/* Bring n pages from first to at least S or M with all requests in flight at once (dsm_prefetch). */
+void dsm_pg_prefetch(size_t first, size_t n, int write);
 /* A grant arrived (or the home granted to itself): data is the page or NULL. */
 int dsm_pg_grant(size_t p, int mode, const void *data);
+/* Fetch-add or compare-swap (DSM_TP_ATOMIC_*) on a word of page p, with the page held Modified here for the
+ * duration: coherent with plain loads and stores everywhere. Returns the old value. */
+uint64_t dsm_pg_atomic(size_t p, uint64_t *word, int op, uint64_t operand, uint64_t compare);
 /* Set this node's copy of page p to S or I (downgrade or invalidate), protection first. */
 void dsm_pg_demote(size_t p, int state);
 /* Forget every page in [p, p+n): state I, no access (dsm_dealloc). */

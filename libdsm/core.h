@@ -81,6 +81,9 @@ void dsm_core_stats(dsm_stats_core_t *s);
 
 /* barrier.c */
 int dsm_barrier_setup(void);
+/* lock.c */
+int dsm_lock_setup(void);
+void dsm_lock_teardown(void);
 /* alloc.c */
 int dsm_alloc_setup(void);
 void dsm_alloc_reset(void);

@@ -120,6 +120,24 @@ void dsm_pg_fault(size_t p, int write)
     }
 }
 
+void dsm_pg_prefetch(size_t first, size_t n, int write)
+{
+    int need = write ? DSM_PG_M : DSM_PG_S;
+    /* Every request out first, so the round trips overlap; then wait for each page. */
+    for (size_t p = first; p < first + n; p++) {
+        struct pg *g = &pgs[p];
+        pg_lock(g);
+        int send = g->state < need && !g->want;
+        if (send)
+            g->want = (uint8_t)need;
+        pg_unlock(g);
+        if (send)
+            send_request(p, need);
+    }
+    for (size_t p = first; p < first + n; p++)
+        dsm_pg_fault(p, write);
+}
+
 int dsm_pg_grant(size_t p, int mode, const void *data)
 {
     struct pg *g = &pgs[p];
@@ -137,6 +155,28 @@ int dsm_pg_grant(size_t p, int mode, const void *data)
     pg_changed(g);
     pg_unlock(g);
     return DSM_OK;
+}
+
+uint64_t dsm_pg_atomic(size_t p, uint64_t *word, int op, uint64_t operand, uint64_t compare)
+{
+    struct pg *g = &pgs[p];
+    for (;;) {
+        pg_lock(g);
+        if (g->state == DSM_PG_M) {
+            /* The lock keeps a demotion out, and M means the word is writable: no fault under the lock. */
+            uint64_t old;
+            if (op == DSM_TP_ATOMIC_FADD) {
+                old = __atomic_fetch_add(word, operand, __ATOMIC_SEQ_CST);
+            } else {
+                old = compare;
+                __atomic_compare_exchange_n(word, &old, operand, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+            }
+            pg_unlock(g);
+            return old;
+        }
+        pg_unlock(g);
+        dsm_pg_fault(p, 1);
+    }
 }
 
 void dsm_pg_demote(size_t p, int state)
@@ -168,7 +208,8 @@ static int page_from(const void *hdr, size_t hl, size_t want_len, int src, size_
     if (hl != want_len)
         return 0;
     uint64_t p = dsm_le64_get(hdr);
-    if (p >= (dsm_region.mapped >> DSM_PAGE_SHIFT) || dsm_region.home[p] != src)
+    if (p >= (dsm_region.mapped >> DSM_PAGE_SHIFT) || dsm_region.home[p] != src ||
+        dsm_region.kind[p] != DSM_KIND_COHERENT)
         return 0;
     *p_out = (size_t)p;
     return 1;
@@ -255,11 +296,15 @@ static void on_segv(int sig, siginfo_t *si, void *ucv)
 {
     int saved = errno;
     size_t p;
-    if (dsm_region_page(si->si_addr, &p)) {
+    int kind = dsm_region_kind(si->si_addr, &p);
+    if (kind == DSM_KIND_COHERENT) {
         const ucontext_t *uc = ucv;
         /* Bit 1 of the x86 page-fault error code: the access was a write. */
         int write = (uc->uc_mcontext.gregs[REG_ERR] & 2) != 0;
         dsm_pg_fault(p, write);
+    } else if (kind == DSM_KIND_ATOMIC) {
+        dsm_fail_stop(-1, "usage error: a plain load or store on dsm_alloc_atomic memory; "
+                          "use dsm_atomic_load, dsm_atomic_store, dsm_fetch_add or dsm_cas");
     } else {
         chain(&old_segv, sig, si, ucv);
     }

@@ -32,6 +32,7 @@ dsm_region_t dsm_region = {.memfd = -1};
 static struct chunk {
     struct chunk *next;
     dsm_mreg_t *mreg;
+    size_t from, to;  /* byte offsets in the range */
 } *chunks;
 
 static void *reserve_meta(size_t bytes)
@@ -72,7 +73,8 @@ static int reserve_local(const dsm_config_t *cfg)
         return DSM_ESYS;
     }
     r->home = reserve_meta(r->npages * sizeof *r->home);
-    if (!r->home) {
+    r->kind = reserve_meta(r->npages);
+    if (!r->home || !r->kind) {
         dsm_err("cannot reserve the page table for %zu pages: %s", r->npages, strerror(errno));
         return DSM_ENOMEM;
     }
@@ -167,12 +169,38 @@ int dsm_region_grow(size_t end)
         free(c);
         return rc;
     }
+    c->from = r->mapped;
+    c->to = to;
     c->next = chunks;
     chunks = c;
     for (size_t p = r->mapped >> DSM_PAGE_SHIFT; p < to >> DSM_PAGE_SHIFT; p++)
         r->home[p] = -1;
     __atomic_store_n(&r->mapped, to, __ATOMIC_RELEASE);
     return DSM_OK;
+}
+
+int dsm_region_span(const void *addr, size_t len, size_t *first_p, size_t *n_p)
+{
+    size_t first, last;
+    if (len == 0 || !dsm_region_page(addr, &first) || !dsm_region_page((const uint8_t *)addr + len - 1, &last))
+        return 0;
+    for (size_t p = first + 1; p < last; p++)
+        if (__atomic_load_n(&dsm_region.kind[p], __ATOMIC_ACQUIRE) != DSM_KIND_COHERENT)
+            return 0;
+    *first_p = first;
+    *n_p = last - first + 1;
+    return 1;
+}
+
+const dsm_mreg_t *dsm_region_mreg(size_t p, uint64_t *off_p)
+{
+    size_t off = p << DSM_PAGE_SHIFT;
+    for (struct chunk *c = chunks; c; c = c->next)
+        if (off >= c->from && off < c->to) {
+            *off_p = off - c->from;
+            return c->mreg;
+        }
+    return NULL;
 }
 
 int dsm_region_protect(size_t p, size_t n, int prot)
@@ -198,6 +226,8 @@ void dsm_region_release(void)
         munmap(r->sys, r->size);
     if (r->home)
         munmap(r->home, r->npages * sizeof *r->home);
+    if (r->kind)
+        munmap(r->kind, r->npages);
     if (r->memfd >= 0)
         close(r->memfd);
     *r = (dsm_region_t){.memfd = -1};

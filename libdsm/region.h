@@ -30,22 +30,40 @@ typedef struct dsm_region {
     size_t npages;       /* size / page */
     int memfd;
     int32_t *home;       /* [npages]: home node of each mapped page, -1 when unallocated */
+    uint8_t *kind;       /* [npages]: DSM_KIND_* */
 } dsm_region_t;
+
+/* What a page of the range is. */
+enum {
+    DSM_KIND_NONE = 0,     /* not allocated: an access is a real SIGSEGV */
+    DSM_KIND_COHERENT = 1, /* dsm_alloc, dsm_alloc_home: cached, coherent */
+    DSM_KIND_ATOMIC = 2,   /* dsm_alloc_atomic: lives at its home only, reached by atomic calls */
+};
 
 extern dsm_region_t dsm_region;
 
-/* Is addr inside the mapped, allocated part of the application view? Async-signal-safe. */
-static inline int dsm_region_page(const void *addr, size_t *page_p)
+/* The kind of the page holding addr (DSM_KIND_NONE outside the mapped range). Async-signal-safe. */
+static inline int dsm_region_kind(const void *addr, size_t *page_p)
 {
     uintptr_t a = (uintptr_t)addr, b = (uintptr_t)dsm_region.app;
-    if (!b || a < b || a >= b + dsm_region.mapped)
-        return 0;
+    if (!b || a < b || a >= b + __atomic_load_n(&dsm_region.mapped, __ATOMIC_ACQUIRE))
+        return DSM_KIND_NONE;
     size_t p = (a - b) >> DSM_PAGE_SHIFT;
-    if (__atomic_load_n(&dsm_region.home[p], __ATOMIC_ACQUIRE) < 0)
-        return 0;
     *page_p = p;
-    return 1;
+    return __atomic_load_n(&dsm_region.kind[p], __ATOMIC_ACQUIRE);
 }
+
+/* Is addr in coherent shared memory? Async-signal-safe. */
+static inline int dsm_region_page(const void *addr, size_t *page_p)
+{
+    return dsm_region_kind(addr, page_p) == DSM_KIND_COHERENT;
+}
+
+/* Is [addr, addr+len) entirely coherent shared memory? Sets the first page and the count. */
+int dsm_region_span(const void *addr, size_t len, size_t *first_p, size_t *n_p);
+
+/* The registration of the chunk holding page p, and p's offset in it (for one-sided access to its home). */
+const dsm_mreg_t *dsm_region_mreg(size_t p, uint64_t *off_p);
 
 /* Collective: make sure [0, end) of the range is backed and registered with the transports. */
 int dsm_region_grow(size_t end);

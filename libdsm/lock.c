@@ -1,0 +1,449 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * lock.c - global locks (DESIGN.md 2, 4.3): messages, not spins on shared pages. A dsm_lock_t may sit anywhere in
+ * shared memory; the home node of its page keeps its state (holder, FIFO queue of waiters) in a table keyed by
+ * the lock's offset in the shared range. Each waiting thread has a slot here, named in the request by a cookie
+ * (slot index and generation) that the grant must echo exactly.
+ *
+ *   LOCK_REQ  node -> home   u64 offset, u64 cookie, u8 try
+ *   LOCK_GRANT home -> node  u64 offset, u64 cookie, u8 granted (0 only for a try that found it held)
+ *   UNLOCK    node -> home   u64 offset
+ *
+ * Data written under the lock reaches the next holder through coherence: the writer's pages are recalled from
+ * it when the next holder touches them, after its unlock message was sent.
+ * Waits for a lock have no timeout (a holder may compute for long); a lost node fails the job stop.
+ */
+#include "config.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dsm.h"
+#include "libdsm/core.h"
+#include "libdsm/error.h"
+#include "libdsm/log.h"
+#include "libdsm/region.h"
+#include "transport/wire.h"
+
+#define LOCK_MAGIC 0x016b636f6c6d7364ull /* "dsmlock\1" */
+#define LOCK_CREATED 1u
+
+enum { AM_LOCK_REQ = 20, AM_LOCK_GRANT = 21, AM_UNLOCK = 22 };
+
+_Static_assert(sizeof(dsm_lock_t) <= 40, "dsm_lock_t must fit in a pthread_mutex_t");
+
+struct lk { /* the view of a dsm_lock_t's bytes */
+    uint64_t magic;
+    uint64_t flags;
+};
+
+/* ---- at the home ---- */
+
+struct waiter {
+    struct waiter *next;
+    int node;
+    uint64_t cookie;
+};
+
+struct hlock {
+    struct hlock *next;
+    uint64_t off;
+    int held;
+    int holder;
+    struct waiter *head, *tail;
+};
+
+#define HBUCKETS 1024
+static struct hlock *table[HBUCKETS];
+static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static struct hlock *hlock_find(uint64_t off, int create)
+{
+    struct hlock **b = &table[(off >> 3) % HBUCKETS];
+    for (struct hlock *h = *b; h; h = h->next)
+        if (h->off == off)
+            return h;
+    if (!create)
+        return NULL;
+    struct hlock *h = calloc(1, sizeof *h);
+    if (!h)
+        dsm_fail_stop(-1, "out of memory for a lock's queue");
+    h->off = off;
+    h->next = *b;
+    *b = h;
+    return h;
+}
+
+static void send_grant(int node, uint64_t off, uint64_t cookie, int granted);
+
+/* A request at the home. Table locked. */
+static void home_request(int src, uint64_t off, uint64_t cookie, int try_only)
+{
+    struct hlock *h = hlock_find(off, 1);
+    if (!h->held) {
+        h->held = 1;
+        h->holder = src;
+        send_grant(src, off, cookie, 1);
+        return;
+    }
+    if (try_only) {
+        send_grant(src, off, cookie, 0);
+        return;
+    }
+    struct waiter *w = calloc(1, sizeof *w);
+    if (!w)
+        dsm_fail_stop(-1, "out of memory for a lock's queue");
+    w->node = src;
+    w->cookie = cookie;
+    if (h->tail)
+        h->tail->next = w;
+    else
+        h->head = w;
+    h->tail = w;
+}
+
+/* Table locked. Returns 0, or -1 when src does not hold the lock. */
+static int home_unlock(int src, uint64_t off)
+{
+    struct hlock *h = hlock_find(off, 0);
+    if (!h || !h->held || h->holder != src)
+        return -1;
+    struct waiter *w = h->head;
+    if (!w) {
+        h->held = 0;
+        return 0;
+    }
+    h->head = w->next;
+    if (!h->head)
+        h->tail = NULL;
+    h->holder = w->node;
+    send_grant(w->node, off, w->cookie, 1);
+    free(w);
+    return 0;
+}
+
+/* ---- at the requester ---- */
+
+#define SLOTS 4096
+static struct slot {
+    uint32_t done;     /* futex word */
+    uint32_t gen;
+    int granted;
+    int busy;
+} slots[SLOTS];
+static pthread_mutex_t slot_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int slot_get(void)
+{
+    pthread_mutex_lock(&slot_lock);
+    int i = -1;
+    for (int k = 0; k < SLOTS && i < 0; k++)
+        if (!slots[k].busy)
+            i = k;
+    if (i >= 0) {
+        slots[i].busy = 1;
+        slots[i].gen++;
+        __atomic_store_n(&slots[i].done, 0, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&slot_lock);
+    return i;
+}
+
+static void slot_put(int i)
+{
+    pthread_mutex_lock(&slot_lock);
+    slots[i].busy = 0;
+    pthread_mutex_unlock(&slot_lock);
+}
+
+static void grant_arrived(uint64_t cookie, int granted, int src)
+{
+    uint32_t i = (uint32_t)cookie, gen = (uint32_t)(cookie >> 32);
+    (void)src;
+    struct slot *s = &slots[i];
+    s->granted = granted;
+    __atomic_store_n(&s->done, 1, __ATOMIC_RELEASE);
+    dsm_futex_wake(&s->done);
+    (void)gen;
+}
+
+static int cookie_valid(uint64_t cookie)
+{
+    uint32_t i = (uint32_t)cookie, gen = (uint32_t)(cookie >> 32);
+    if (i >= SLOTS)
+        return 0;
+    pthread_mutex_lock(&slot_lock);
+    int ok = slots[i].busy && slots[i].gen == gen && !__atomic_load_n(&slots[i].done, __ATOMIC_ACQUIRE);
+    pthread_mutex_unlock(&slot_lock);
+    return ok;
+}
+
+static void send_grant(int node, uint64_t off, uint64_t cookie, int granted)
+{
+    if (node == dsm_core_rank()) {
+        grant_arrived(cookie, granted, node);
+        return;
+    }
+    uint8_t h[17];
+    dsm_le64_put(h, off);
+    dsm_le64_put(h + 8, cookie);
+    h[16] = (uint8_t)granted;
+    if (dsm_am_send(node, AM_LOCK_GRANT, h, sizeof h, NULL, 0) != DSM_OK)
+        dsm_fail_stop(node, "cannot send a lock grant");
+}
+
+/* ---- locks this node holds, so a wrong unlock is refused here rather than at the home ---- */
+
+static uint64_t *held;
+static size_t nheld, capheld;
+static pthread_mutex_t held_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int held_add(uint64_t off)
+{
+    pthread_mutex_lock(&held_lock);
+    if (nheld == capheld) {
+        size_t cap = capheld ? capheld * 2 : 16;
+        uint64_t *n = realloc(held, cap * sizeof *n);
+        if (!n) {
+            pthread_mutex_unlock(&held_lock);
+            return DSM_ENOMEM;
+        }
+        held = n;
+        capheld = cap;
+    }
+    held[nheld++] = off;
+    pthread_mutex_unlock(&held_lock);
+    return DSM_OK;
+}
+
+static int held_remove(uint64_t off)
+{
+    pthread_mutex_lock(&held_lock);
+    int found = 0;
+    for (size_t i = 0; i < nheld && !found; i++)
+        if (held[i] == off) {
+            held[i] = held[--nheld];
+            found = 1;
+        }
+    pthread_mutex_unlock(&held_lock);
+    return found;
+}
+
+/* ---- messages ---- */
+
+/* The lock offset of a message: inside a coherent page homed at `home`, 8-byte aligned. */
+static int lock_off(const uint8_t *hdr, int home, uint64_t *off_p)
+{
+    uint64_t off = dsm_le64_get(hdr);
+    size_t p = off >> DSM_PAGE_SHIFT;
+    if (off % 8 || off >= dsm_region.mapped || dsm_region.kind[p] != DSM_KIND_COHERENT || dsm_region.home[p] != home)
+        return 0;
+    *off_p = off;
+    return 1;
+}
+
+static int on_lock_req(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *p, size_t len)
+{
+    (void)arg;
+    (void)id;
+    (void)p;
+    uint64_t off;
+    if (hl != 17 || len || !lock_off(hdr, dsm_core_rank(), &off) || ((const uint8_t *)hdr)[16] > 1) {
+        dsm_err("malformed lock request from node %d", src);
+        return DSM_EPROTO;
+    }
+    pthread_mutex_lock(&table_lock);
+    home_request(src, off, dsm_le64_get((const uint8_t *)hdr + 8), ((const uint8_t *)hdr)[16]);
+    pthread_mutex_unlock(&table_lock);
+    return DSM_OK;
+}
+
+static int on_unlock(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *p, size_t len)
+{
+    (void)arg;
+    (void)id;
+    (void)p;
+    uint64_t off;
+    if (hl != 8 || len || !lock_off(hdr, dsm_core_rank(), &off)) {
+        dsm_err("malformed unlock from node %d", src);
+        return DSM_EPROTO;
+    }
+    pthread_mutex_lock(&table_lock);
+    int rc = home_unlock(src, off);
+    pthread_mutex_unlock(&table_lock);
+    if (rc)
+        dsm_err("node %d unlocked a lock it does not hold (offset %llu)", src, (unsigned long long)off);
+    return rc ? DSM_EPROTO : DSM_OK;
+}
+
+static int on_grant(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *p, size_t len)
+{
+    (void)arg;
+    (void)id;
+    (void)p;
+    uint64_t off, cookie = hl == 17 ? dsm_le64_get((const uint8_t *)hdr + 8) : 0;
+    if (hl != 17 || len || !lock_off(hdr, src, &off) || ((const uint8_t *)hdr)[16] > 1 || !cookie_valid(cookie)) {
+        dsm_err("malformed or unexpected lock grant from node %d", src);
+        return DSM_EPROTO;
+    }
+    grant_arrived(cookie, ((const uint8_t *)hdr)[16], src);
+    return DSM_OK;
+}
+
+int dsm_lock_setup(void)
+{
+    int rc;
+    if ((rc = dsm_am_register(AM_LOCK_REQ, on_lock_req, NULL)) || (rc = dsm_am_register(AM_UNLOCK, on_unlock, NULL)) ||
+        (rc = dsm_am_register(AM_LOCK_GRANT, on_grant, NULL)))
+        return rc;
+    return DSM_OK;
+}
+
+void dsm_lock_teardown(void)
+{
+    for (int b = 0; b < HBUCKETS; b++)
+        while (table[b]) {
+            struct hlock *h = table[b];
+            table[b] = h->next;
+            while (h->head) {
+                struct waiter *w = h->head;
+                h->head = w->next;
+                free(w);
+            }
+            free(h);
+        }
+    memset(slots, 0, sizeof slots);
+    free(held);
+    held = NULL;
+    nheld = capheld = 0;
+}
+
+/* ---- the API ---- */
+
+/* Check the lock and find its offset and home. */
+static int lock_where(dsm_lock_t *l, uint64_t *off_p, int *home_p)
+{
+    size_t p;
+    if (dsm_core_size() < 1)
+        return DSM_ENOTINIT;
+    if (!l || (uintptr_t)l % 8 || !dsm_region_page(l, &p))
+        return DSM_EINVAL;
+    /* Reading the magic faults the page in: plain shared memory. */
+    if (((volatile struct lk *)l)->magic != LOCK_MAGIC)
+        return DSM_EINVAL;
+    *off_p = (uint64_t)((uintptr_t)l - (uintptr_t)dsm_region.app);
+    *home_p = dsm_region.home[p];
+    return DSM_OK;
+}
+
+DSM_API int dsm_lock_init(dsm_lock_t *l)
+{
+    size_t p;
+    if (dsm_core_size() < 1)
+        return DSM_ENOTINIT;
+    if (!l || (uintptr_t)l % 8 || !dsm_region_page(l, &p))
+        return DSM_EINVAL;
+    memset(l, 0, sizeof *l);
+    ((volatile struct lk *)l)->magic = LOCK_MAGIC;
+    return DSM_OK;
+}
+
+static int lock_common(dsm_lock_t *l, int try_only)
+{
+    uint64_t off;
+    int home, rc = lock_where(l, &off, &home);
+    if (rc)
+        return rc;
+    int i = slot_get();
+    if (i < 0)
+        return DSM_EBUSY;
+    uint64_t cookie = (uint64_t)slots[i].gen << 32 | (uint32_t)i;
+    if (home == dsm_core_rank()) {
+        pthread_mutex_lock(&table_lock);
+        home_request(home, off, cookie, try_only);
+        pthread_mutex_unlock(&table_lock);
+    } else {
+        uint8_t h[17];
+        dsm_le64_put(h, off);
+        dsm_le64_put(h + 8, cookie);
+        h[16] = (uint8_t)try_only;
+        if (dsm_am_send(home, AM_LOCK_REQ, h, sizeof h, NULL, 0) != DSM_OK)
+            dsm_fail_stop(home, "cannot send a lock request");
+    }
+    while (!__atomic_load_n(&slots[i].done, __ATOMIC_ACQUIRE))
+        dsm_futex_wait(&slots[i].done, 0, 1000);
+    int granted = slots[i].granted;
+    slot_put(i);
+    if (granted && held_add(off) != DSM_OK)
+        dsm_fail_stop(-1, "out of memory for the list of held locks");
+    return granted ? DSM_OK : DSM_EBUSY;
+}
+
+DSM_API int dsm_lock(dsm_lock_t *l)
+{
+    return lock_common(l, 0);
+}
+
+DSM_API int dsm_trylock(dsm_lock_t *l)
+{
+    return lock_common(l, 1);
+}
+
+DSM_API int dsm_unlock(dsm_lock_t *l)
+{
+    uint64_t off;
+    int home, rc = lock_where(l, &off, &home);
+    if (rc)
+        return rc;
+    if (!held_remove(off))
+        return DSM_EINVAL; /* this node does not hold it */
+    if (home == dsm_core_rank()) {
+        pthread_mutex_lock(&table_lock);
+        rc = home_unlock(home, off);
+        pthread_mutex_unlock(&table_lock);
+        return rc ? DSM_EINVAL : DSM_OK;
+    }
+    uint8_t h[8];
+    dsm_le64_put(h, off);
+    if (dsm_am_send(home, AM_UNLOCK, h, sizeof h, NULL, 0) != DSM_OK)
+        dsm_fail_stop(home, "cannot send an unlock");
+    return DSM_OK;
+}
+
+DSM_API int dsm_lock_destroy(dsm_lock_t *l)
+{
+    if (!l)
+        return DSM_OK;
+    uint64_t off;
+    int home, rc = lock_where(l, &off, &home);
+    if (rc)
+        return rc;
+    if (((volatile struct lk *)l)->flags & LOCK_CREATED) {
+        /* Made by dsm_lock_create: collective, and frees it. */
+        if ((rc = dsm_barrier()))
+            return rc;
+        if (dsm_core_rank() == 0)
+            ((volatile struct lk *)l)->magic = 0;
+        return dsm_dealloc(l);
+    }
+    ((volatile struct lk *)l)->magic = 0;
+    return DSM_OK;
+}
+
+DSM_API dsm_lock_t *dsm_lock_create(void)
+{
+    dsm_lock_t *l = dsm_alloc(sizeof *l);
+    if (!l)
+        return NULL;
+    if (dsm_core_rank() == 0) {
+        dsm_lock_init(l);
+        ((volatile struct lk *)l)->flags = LOCK_CREATED;
+    }
+    int rc = dsm_barrier();
+    if (rc) {
+        dsm_set_last_error(rc);
+        return NULL;
+    }
+    return l;
+}
