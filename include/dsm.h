@@ -148,6 +148,20 @@ DSM_API int dsm_lock_destroy(dsm_lock_t *l);
 /* Collective: a lock allocated and initialized for every node; NULL on error (dsm_last_error()). */
 DSM_API dsm_lock_t *dsm_lock_create(void);
 
+/* Per-node counters. Set size to sizeof(dsm_stats_t) before the call: later versions add fields at the end
+ * and fill only what the caller's struct has room for. */
+typedef struct dsm_stats {
+    size_t size;
+    uint64_t read_faults, write_faults, upgrades;      /* page requests this node sent, by kind */
+    uint64_t pages_received, pages_sent;               /* page data moved */
+    uint64_t invalidations_received, invalidations_sent;
+    uint64_t recalls_received;                         /* as owner, asked to give a page back */
+    uint64_t messages_sent, bytes_sent, messages_received, bytes_received;
+} dsm_stats_t;
+
+/* Fill s (s->size set by the caller). Errors: DSM_EINVAL, DSM_ENOTINIT. */
+DSM_API int dsm_stats(dsm_stats_t *s);
+
 /* A static description of a status code; never NULL, also for unknown values. */
 DSM_API const char *dsm_strerror(int status);
 

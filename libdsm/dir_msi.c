@@ -56,6 +56,7 @@
 #include "libdsm/core.h"
 #include "libdsm/log.h"
 #include "libdsm/region.h"
+#include "libdsm/stats.h"
 #include "transport/wire.h"
 
 enum { DIR_U = 0, DIR_S = 1, DIR_M = 2 };
@@ -177,6 +178,10 @@ static void grant(size_t p, int to, int mode, int with_data)
     uint8_t h[9];
     dsm_le64_put(h, p);
     h[8] = (uint8_t)mode;
+    if (with_data) {
+        dsm_ctr_inc(DSM_CTR_PAGE_OUT);
+        dsm_stats_page_moved(p);
+    }
     send_or_die(to, DSM_AM_GRANT, h, sizeof h, with_data ? dsm_region.sys + (p << DSM_PAGE_SHIFT) : NULL,
                 with_data ? DSM_PAGE_SIZE : 0);
 }
@@ -237,6 +242,7 @@ static void serve(size_t p, struct dir *d, int r, int mode)
                 dsm_pg_demote(p, DSM_PG_I);
             } else {
                 send_or_die(s, DSM_AM_INV, h, 8, NULL, 0);
+                dsm_ctr_inc(DSM_CTR_INV_OUT);
                 acks++;
             }
         }

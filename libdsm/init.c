@@ -24,6 +24,7 @@
 #include "libdsm/core.h"
 #include "libdsm/error.h"
 #include "libdsm/log.h"
+#include "libdsm/stats.h"
 #include "transport/wire.h"
 
 struct tp_inst {
@@ -595,6 +596,7 @@ static void teardown(int clean)
     dsm_pg_teardown();
     dsm_dir_teardown();
     dsm_lock_teardown();
+    dsm_stats_teardown();
     dsm_alloc_reset();
     dsm_region_release();
     free(core.peer_tp);
@@ -666,7 +668,8 @@ DSM_API int dsm_init_version(int api_version, int *argc, char ***argv)
         goto fail;
     }
     if ((rc = dsm_barrier_setup()) || (rc = dsm_region_reserve()) || (rc = dsm_alloc_setup()) ||
-        (rc = dsm_pg_setup()) || (rc = dsm_dir_setup()) || (rc = dsm_lock_setup())) {
+        (rc = dsm_pg_setup()) || (rc = dsm_dir_setup()) || (rc = dsm_lock_setup()) ||
+        (rc = dsm_stats_setup())) {
         snprintf(err, sizeof err, "%s", dsm_strerror(rc));
         goto fail;
     }
@@ -725,14 +728,8 @@ DSM_API int dsm_finalize(void)
             usleep(200);
         }
     }
-    if (core.cfg.stats) {
-        dsm_stats_core_t s;
-        dsm_core_stats(&s);
-        fprintf(stderr,
-                "libdsm[%d] stats: transport %s, sent %llu messages %llu bytes, received %llu messages %llu bytes\n",
-                core.rank, core.tp_name, (unsigned long long)s.msgs_tx, (unsigned long long)s.bytes_tx,
-                (unsigned long long)s.msgs_rx, (unsigned long long)s.bytes_rx);
-    }
+    if (core.cfg.stats)
+        dsm_stats_print(stderr, core.rank, core.tp_name);
     /* The rank did call dsm_finalize: tell the launcher so, even when it failed (its status says the rest). */
     teardown(1);
     pthread_mutex_unlock(&core.lock);

@@ -30,6 +30,7 @@
 #include "libdsm/core.h"
 #include "libdsm/log.h"
 #include "libdsm/region.h"
+#include "libdsm/stats.h"
 #include "transport/wire.h"
 
 struct pg {
@@ -105,6 +106,7 @@ void dsm_pg_fault(size_t p, int write)
         if (!g->want) {
             g->want = (uint8_t)need;
             send = 1;
+            dsm_ctr_inc(!write ? DSM_CTR_READ_FAULT : g->state == DSM_PG_S ? DSM_CTR_UPGRADE : DSM_CTR_WRITE_FAULT);
         }
         pg_unlock(g);
         if (send)
@@ -147,8 +149,10 @@ int dsm_pg_grant(size_t p, int mode, const void *data)
         pg_unlock(g);
         return DSM_EPROTO;
     }
-    if (data)
+    if (data) {
         memcpy(dsm_region.sys + (p << DSM_PAGE_SHIFT), data, DSM_PAGE_SIZE);
+        dsm_ctr_inc(DSM_CTR_PAGE_IN);
+    }
     protect(p, mode);
     g->state = (uint8_t)mode;
     g->want = 0;
@@ -245,6 +249,7 @@ static int on_inv(void *arg, int src, uint8_t id, const void *hdr, size_t hl, co
         dsm_err("malformed invalidation from node %d", src);
         return DSM_EPROTO;
     }
+    dsm_ctr_inc(DSM_CTR_INV_IN);
     dsm_pg_demote(p, DSM_PG_I);
     return dsm_am_send(src, DSM_AM_INV_ACK, hdr, 8, NULL, 0);
 }
@@ -270,6 +275,8 @@ static int on_recall(void *arg, int src, uint8_t id, const void *hdr, size_t hl,
         return DSM_EPROTO;
     }
     /* Protection first, then the data: no store can slip in after the copy. */
+    dsm_ctr_inc(DSM_CTR_RECALL_IN);
+    dsm_ctr_inc(DSM_CTR_PAGE_OUT);
     dsm_pg_demote(p, keep);
     return dsm_am_send(src, DSM_AM_RECALL_ACK, hdr, 8, dsm_region.sys + (p << DSM_PAGE_SHIFT), DSM_PAGE_SIZE);
 }

@@ -28,7 +28,7 @@ const struct dsm_setting dsm_settings[] = {
     {"DSM_TCP_IFACE", NULL,
      "network interface whose IPv4 address the tcp transport advertises (default: first up non-loopback one, else lo)"},
     {"DSM_LOG_LEVEL", "warn", "log verbosity: error, warn, info, debug, trace"},
-    {"DSM_STATS", "0", "1: print per-node message and byte counts at dsm_finalize"},
+    {"DSM_STATS", "0", "1: print per-node counters (messages, faults, pages, invalidations) and the most moved pages at dsm_finalize"},
     {"DSM_TIMEOUT", "30", "seconds without progress before a peer or the rendezvous is declared lost"},
     {"DSM_BASE", "0x200000000000", "address of the shared range, identical on every node (sanitizers need their own)"},
     {"DSM_HEAP_SIZE", "64G", "size of the reserved shared range (address space, not memory); suffixes K, M, G, T"},

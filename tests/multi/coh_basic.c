@@ -80,6 +80,21 @@ int main(int argc, char **argv)
         MT_CHECK(m == NULL && dsm_last_error() == DSM_EMISMATCH, "mismatched sizes give DSM_EMISMATCH everywhere");
     else
         MT_CHECK(m != NULL, "a single node cannot mismatch");
+    /* Counters: remote reads happened above, so faults and page transfers were counted. */
+    dsm_stats_t st = {.size = sizeof st};
+    MT_CHECK(dsm_stats(&st) == DSM_OK, "dsm_stats");
+    if (n > 1)
+        MT_CHECK(st.read_faults > 0 && st.pages_received > 0 && st.messages_sent > 0 && st.bytes_received > 0,
+                 "counters after remote reads: %llu faults, %llu pages in", (unsigned long long)st.read_faults,
+                 (unsigned long long)st.pages_received);
+    struct {
+        size_t size;
+        uint64_t read_faults, canary;
+    } older = {.size = sizeof(size_t) + sizeof(uint64_t), .canary = 0xfeedULL};
+    MT_CHECK(dsm_stats((dsm_stats_t *)&older) == DSM_OK && older.read_faults == st.read_faults &&
+                 older.canary == 0xfeedULL, "a smaller struct gets only the fields it has room for");
+    dsm_stats_t tiny = {.size = 1};
+    MT_CHECK(dsm_stats(&tiny) == DSM_EINVAL && dsm_stats(NULL) == DSM_EINVAL, "bad dsm_stats arguments");
     MT_CHECK(dsm_dealloc((void *)b) == DSM_OK, "dealloc");
     MT_CHECK(dsm_dealloc((void *)pg) == DSM_OK, "dealloc");
     if (me == 0)

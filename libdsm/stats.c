@@ -1,0 +1,116 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * stats.c - per-node coherence counters (dsm_stats, DSM_STATS=1) and the count of moves of each page homed
+ * here, from which dsm_finalize names the ten pages that moved most (the usual sign of false sharing).
+ * Counters are relaxed atomics: the fault path may bump them.
+ */
+#include "config.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "dsm.h"
+#include "libdsm/core.h"
+#include "libdsm/region.h"
+#include "libdsm/stats.h"
+
+uint64_t dsm_ctr[DSM_CTR_MAX];
+static uint32_t *moves; /* [npages] */
+static size_t nmoves;
+
+int dsm_stats_setup(void)
+{
+    memset(dsm_ctr, 0, sizeof dsm_ctr);
+    nmoves = dsm_region.npages;
+    void *m = mmap(NULL, nmoves * sizeof *moves, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (m == MAP_FAILED)
+        return DSM_ENOMEM;
+    moves = m;
+    return DSM_OK;
+}
+
+void dsm_stats_teardown(void)
+{
+    if (moves)
+        munmap(moves, nmoves * sizeof *moves);
+    moves = NULL;
+}
+
+void dsm_stats_page_moved(size_t p)
+{
+    __atomic_add_fetch(&moves[p], 1, __ATOMIC_RELAXED);
+}
+
+DSM_API int dsm_stats(dsm_stats_t *s)
+{
+    if (!s || s->size < sizeof(size_t))
+        return DSM_EINVAL;
+    if (dsm_core_size() < 1)
+        return DSM_ENOTINIT;
+    dsm_stats_t v;
+    memset(&v, 0, sizeof v);
+    v.size = sizeof v;
+    v.read_faults = dsm_ctr_get(DSM_CTR_READ_FAULT);
+    v.write_faults = dsm_ctr_get(DSM_CTR_WRITE_FAULT);
+    v.upgrades = dsm_ctr_get(DSM_CTR_UPGRADE);
+    v.pages_received = dsm_ctr_get(DSM_CTR_PAGE_IN);
+    v.pages_sent = dsm_ctr_get(DSM_CTR_PAGE_OUT);
+    v.invalidations_received = dsm_ctr_get(DSM_CTR_INV_IN);
+    v.invalidations_sent = dsm_ctr_get(DSM_CTR_INV_OUT);
+    v.recalls_received = dsm_ctr_get(DSM_CTR_RECALL_IN);
+    dsm_stats_core_t c;
+    dsm_core_stats(&c);
+    v.messages_sent = c.msgs_tx;
+    v.bytes_sent = c.bytes_tx;
+    v.messages_received = c.msgs_rx;
+    v.bytes_received = c.bytes_rx;
+    /* Copy only what the caller's struct has room for: older callers pass a smaller size. */
+    size_t n = s->size < sizeof v ? s->size : sizeof v;
+    memcpy((char *)s + sizeof(size_t), (char *)&v + sizeof(size_t), n - sizeof(size_t));
+    return DSM_OK;
+}
+
+void dsm_stats_print(FILE *f, int rank, const char *tp_name)
+{
+    dsm_stats_core_t c;
+    dsm_core_stats(&c);
+    fprintf(f,
+            "libdsm[%d] stats: transport %s, sent %llu messages %llu bytes, received %llu messages %llu bytes; "
+            "faults %llu read %llu write %llu upgrade; pages in %llu out %llu; invalidations in %llu out %llu; "
+            "recalls %llu\n",
+            rank, tp_name, (unsigned long long)c.msgs_tx, (unsigned long long)c.bytes_tx,
+            (unsigned long long)c.msgs_rx, (unsigned long long)c.bytes_rx,
+            (unsigned long long)dsm_ctr_get(DSM_CTR_READ_FAULT), (unsigned long long)dsm_ctr_get(DSM_CTR_WRITE_FAULT),
+            (unsigned long long)dsm_ctr_get(DSM_CTR_UPGRADE), (unsigned long long)dsm_ctr_get(DSM_CTR_PAGE_IN),
+            (unsigned long long)dsm_ctr_get(DSM_CTR_PAGE_OUT), (unsigned long long)dsm_ctr_get(DSM_CTR_INV_IN),
+            (unsigned long long)dsm_ctr_get(DSM_CTR_INV_OUT), (unsigned long long)dsm_ctr_get(DSM_CTR_RECALL_IN));
+    /* The ten pages homed here that moved most. */
+    size_t top[10];
+    int ntop = 0;
+    size_t mapped = dsm_region.mapped >> DSM_PAGE_SHIFT;
+    for (size_t p = 0; moves && p < mapped; p++) {
+        if (!moves[p])
+            continue;
+        int at;
+        if (ntop < 10)
+            at = ntop++;
+        else if (moves[p] > moves[top[9]])
+            at = 9;
+        else
+            continue;
+        top[at] = p;
+        for (; at > 0 && moves[top[at - 1]] < moves[top[at]]; at--) {
+            size_t t = top[at];
+            top[at] = top[at - 1];
+            top[at - 1] = t;
+        }
+    }
+    if (ntop) {
+        fprintf(f, "libdsm[%d] pages homed here that moved most:", rank);
+        for (int i = 0; i < ntop; i++)
+            fprintf(f, " %p (%u)", (void *)(dsm_region.app + (top[i] << DSM_PAGE_SHIFT)), moves[top[i]]);
+        fprintf(f, "\n");
+    }
+}
