@@ -43,6 +43,9 @@ void dsm_pg_demote(size_t p, int state);
 void dsm_pg_reset(size_t p, size_t n);
 
 /* dir_msi.c */
+/* Test hook, the negative control of the litmus and stress tests: when N > 0 the home silently drops every Nth
+ * invalidation, breaking single-writer. Internal (not exported from libdsm.so); only tests set it. */
+extern unsigned dsm_dir_debug_drop_inv;
 int dsm_dir_setup(void);
 void dsm_dir_teardown(void);
 /* A request from node src for page p homed here (src may be this node). */

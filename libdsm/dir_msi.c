@@ -83,6 +83,10 @@ struct waiter {
 
 #define POOL_SIZE (1u << 16)
 
+/* Negative control for the tests (coh.h): drop every Nth invalidation. Never set by the library itself. */
+unsigned dsm_dir_debug_drop_inv;
+static unsigned inv_count;
+
 static uint8_t *dirs;       /* npages entries of dir_stride bytes */
 static size_t dir_stride, ndirs, words;
 static struct waiter *pool; /* [POOL_SIZE]; entry 0 unused */
@@ -238,6 +242,9 @@ static void serve(size_t p, struct dir *d, int r, int mode)
         for (int s = 0; s < n; s++) {
             if (s == r || !is_sharer(d, s))
                 continue;
+            if (dsm_dir_debug_drop_inv &&
+                __atomic_add_fetch(&inv_count, 1, __ATOMIC_RELAXED) % dsm_dir_debug_drop_inv == 0)
+                continue; /* the injected bug: s keeps a stale copy */
             if (s == me) {
                 dsm_pg_demote(p, DSM_PG_I);
             } else {

@@ -11,6 +11,9 @@
  *   behave clash               rank 1 maps memory at DSM_BASE before init
  *   behave extrabarrier        rank 0 calls dsm_barrier once more than the others, then all finalize
  *   behave segv                rank 0 dereferences NULL after init
+ *   behave pingpong-kill R     ranks 0 and 1 hand a page (homed on the last rank) back and forth; rank R kills
+ *                              itself with SIGKILL in the middle; the others wait in barriers
+ *   behave lockwait-kill       rank 0 holds a lock that rank 1 waits for, then kills itself
  * Exit status: 0, or the dsm_init error's status as a positive number (e.g. 7 for DSM_EMISMATCH).
  */
 #include "config.h"
@@ -103,6 +106,35 @@ int main(int argc, char **argv)
     if (!strcmp(mode, "segv")) {
         if (me == 0)
             *(volatile int *)NULL = 1;
+        barriers_forever();
+    }
+    if (!strcmp(mode, "pingpong-kill")) {
+        volatile uint64_t *pg = dsm_alloc_home(4096, dsm_size() - 1);
+        if (!pg || dsm_barrier() != DSM_OK)
+            return 2;
+        if (me < 2)
+            for (uint64_t i = (uint64_t)me;; i += 2) {
+                while (pg[0] != i)
+                    ;
+                if (me == arg && i > 300)
+                    raise(SIGKILL);
+                pg[1] = i;
+                pg[0] = i + 1;
+            }
+        barriers_forever();
+    }
+    if (!strcmp(mode, "lockwait-kill")) {
+        dsm_lock_t *l = dsm_lock_create();
+        if (!l || (me == 0 && dsm_lock(l) != DSM_OK) || dsm_barrier() != DSM_OK)
+            return 2;
+        if (me == 0) {
+            usleep(300000);
+            raise(SIGKILL);
+        }
+        if (me == 1) {
+            dsm_lock(l);
+            return 3; /* the holder died: this must never be granted */
+        }
         barriers_forever();
     }
     if (!strcmp(mode, "nofinalize")) {

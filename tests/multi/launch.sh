@@ -123,6 +123,29 @@ cat "$tmp/x0" "$tmp/x1" >"$tmp/err"
 check "a rank left waiting in an extra barrier fails stop instead of hanging (exit $x0, the other $x1)" \
   '[ $x0 = 1 ] && [ $x1 != 0 ] && [ $x1 != 124 ] && grep -q "libdsm: node 1 lost (it finished" "$tmp/x0"'
 
+# kill -9 of a rank in the middle of a page ping-pong, and of a lock holder with a waiter: every other rank,
+# including the one blocked in a fault or in dsm_lock, fails stop naming it (no launcher to stop them here).
+for scenario in "pingpong-kill 1:1" "pingpong-kill 0:0" "lockwait-kill:0"; do
+  mode=${scenario%%:*} victim=${scenario##*:}
+  serve 3
+  pids=""
+  for r in 0 1 2; do
+    DSM_RANK=$r DSM_SIZE=3 DSM_COORD=$coord timeout 60 "$behave" $mode >"$tmp/v$r" 2>&1 &
+    pids="$pids $!"
+  done
+  codes="" named=1
+  for p in $pids; do wait $p; codes="$codes $?"; done
+  wait $spid
+  for r in 0 1 2; do
+    [ $r = "$victim" ] && continue
+    grep -q "libdsm: node $victim lost" "$tmp/v$r" || named=0
+  done
+  cat "$tmp/v0" "$tmp/v1" "$tmp/v2" >"$tmp/err"
+  want=$(for r in 0 1 2; do [ $r = "$victim" ] && printf ' 137' || printf ' 1'; done)
+  check "$mode: kill -9 of rank $victim; the others fail stop (exit statuses:$codes)" '[ "$codes" = "$want" ]'
+  check "$mode: ... each naming node $victim" '[ $named = 1 ]'
+done
+
 # dsmrun --serve gives up when not every rank joins in time.
 timeout 60 "$dsmrun" --serve 127.0.0.1:0 -n 2 --join-timeout 2 >"$tmp/serve.j" 2>"$tmp/err" &
 spid=$!
