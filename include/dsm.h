@@ -106,6 +106,15 @@ DSM_API int dsm_dealloc(void *ptr);
  * job. Free with dsm_dealloc. Errors as dsm_alloc. */
 DSM_API void *dsm_alloc_atomic(size_t len);
 
+/* Local (not collective): len bytes of zero-filled shared memory that any node may use, homed on the calling
+ * node. NULL on error, with dsm_last_error(): DSM_EINVAL (len 0), DSM_ENOMEM (this node's arena, half of
+ * DSM_HEAP_SIZE divided by the node count, is full). */
+DSM_API void *dsm_malloc(size_t len);
+
+/* Free what dsm_malloc returned, on any node; NULL is ignored. Anything else is reported (dsm_last_error()
+ * DSM_EINVAL) and ignored. */
+DSM_API void dsm_free(void *ptr);
+
 /* Bulk access. Modes for dsm_prefetch. */
 #define DSM_READ 1
 #define DSM_WRITE 2

@@ -49,7 +49,7 @@ int dsm_alloc_setup(void)
     free_list = calloc(1, sizeof *free_list);
     if (!free_list)
         return DSM_ENOMEM;
-    free_list->len = dsm_region.size;
+    free_list->len = dsm_region.arena_first << DSM_PAGE_SHIFT;
     return DSM_OK;
 }
 

@@ -33,7 +33,7 @@ static uint64_t atomic_op(const char *call, uint64_t *addr, int op, uint64_t ope
         usage_error(call, addr);
     if (kind == DSM_KIND_COHERENT)
         return dsm_pg_atomic(p, addr, op, operand, compare);
-    int home = dsm_region.home[p];
+    int home = dsm_page_home(p);
     size_t off_in_range = (uintptr_t)addr - (uintptr_t)dsm_region.app;
     if (home == dsm_core_rank()) {
         uint64_t *w = (uint64_t *)(dsm_region.sys + off_in_range), old;

@@ -81,6 +81,11 @@ void dsm_core_stats(dsm_stats_core_t *s);
 
 /* barrier.c */
 int dsm_barrier_setup(void);
+/* malloc.c */
+int dsm_malloc_setup(void);
+/* Bytes of this node's arena handed out and not freed (tests). */
+uint64_t dsm_malloc_in_use(void);
+void dsm_malloc_teardown(void);
 /* lock.c */
 int dsm_lock_setup(void);
 void dsm_lock_teardown(void);

@@ -308,8 +308,7 @@ static int home_page(const void *hdr, size_t hl, size_t want, size_t *p_out)
     if (hl != want)
         return 0;
     uint64_t p = dsm_le64_get(hdr);
-    if (p >= (dsm_region.mapped >> DSM_PAGE_SHIFT) || dsm_region.home[p] != dsm_core_rank() ||
-        dsm_region.kind[p] != DSM_KIND_COHERENT)
+    if (dsm_page_kind(p) != DSM_KIND_COHERENT || dsm_page_home(p) != dsm_core_rank())
         return 0;
     *p_out = (size_t)p;
     return 1;

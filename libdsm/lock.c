@@ -237,7 +237,7 @@ static int lock_off(const uint8_t *hdr, int home, uint64_t *off_p)
 {
     uint64_t off = dsm_le64_get(hdr);
     size_t p = off >> DSM_PAGE_SHIFT;
-    if (off % 8 || off >= dsm_region.mapped || dsm_region.kind[p] != DSM_KIND_COHERENT || dsm_region.home[p] != home)
+    if (off % 8 || dsm_page_kind(p) != DSM_KIND_COHERENT || dsm_page_home(p) != home)
         return 0;
     *off_p = off;
     return 1;
@@ -333,7 +333,7 @@ static int lock_where(dsm_lock_t *l, uint64_t *off_p, int *home_p)
     if (((volatile struct lk *)l)->magic != LOCK_MAGIC)
         return DSM_EINVAL;
     *off_p = (uint64_t)((uintptr_t)l - (uintptr_t)dsm_region.app);
-    *home_p = dsm_region.home[p];
+    *home_p = dsm_page_home(p);
     return DSM_OK;
 }
 

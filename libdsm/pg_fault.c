@@ -79,7 +79,7 @@ static void protect(size_t p, int state)
 
 static void send_request(size_t p, int mode)
 {
-    int home = dsm_region.home[p];
+    int home = dsm_page_home(p);
     if (home == dsm_core_rank()) {
         dsm_dir_request(p, home, mode);
         return;
@@ -115,7 +115,7 @@ void dsm_pg_fault(size_t p, int write)
         int waited = 0;
         while (__atomic_load_n(&g->seq, __ATOMIC_ACQUIRE) == seq) {
             if (waited >= timeout_ms)
-                dsm_fail_stop(dsm_region.home[p], "no answer to a page request within DSM_TIMEOUT");
+                dsm_fail_stop(dsm_page_home(p), "no answer to a page request within DSM_TIMEOUT");
             if (dsm_futex_wait(&g->seq, seq, 100) < 0)
                 waited += 100;
         }
@@ -144,7 +144,7 @@ int dsm_pg_grant(size_t p, int mode, const void *data)
 {
     struct pg *g = &pgs[p];
     pg_lock(g);
-    if (!g->want || mode < g->want || (!data && g->state == DSM_PG_I && dsm_region.home[p] != dsm_core_rank())) {
+    if (!g->want || mode < g->want || (!data && g->state == DSM_PG_I && dsm_page_home(p) != dsm_core_rank())) {
         /* A grant nobody asked for, or one without data for a copy this node does not have. */
         pg_unlock(g);
         return DSM_EPROTO;
@@ -212,8 +212,7 @@ static int page_from(const void *hdr, size_t hl, size_t want_len, int src, size_
     if (hl != want_len)
         return 0;
     uint64_t p = dsm_le64_get(hdr);
-    if (p >= (dsm_region.mapped >> DSM_PAGE_SHIFT) || dsm_region.home[p] != src ||
-        dsm_region.kind[p] != DSM_KIND_COHERENT)
+    if (dsm_page_kind(p) != DSM_KIND_COHERENT || dsm_page_home(p) != src)
         return 0;
     *p_out = (size_t)p;
     return 1;

@@ -23,8 +23,8 @@
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
 
-/* The memfd grows by at least this much at a time: per-chunk registration (rxe has no on-demand paging) and
- * few mappings. */
+/* The collective part is mapped and registered at least this much at a time: per-chunk registration (rxe has
+ * no on-demand paging) and few mappings. */
 #define CHUNK_MIN (16u << 20)
 
 dsm_region_t dsm_region = {.memfd = -1};
@@ -39,6 +39,27 @@ static void *reserve_meta(size_t bytes)
 {
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     return p == MAP_FAILED ? NULL : p;
+}
+
+/* Map [from, to) of the memfd into both views. */
+static int map_views(size_t from, size_t to)
+{
+    dsm_region_t *r = &dsm_region;
+    size_t len = to - from;
+    void *a = mmap(r->app + from, len, PROT_NONE, MAP_SHARED | MAP_FIXED, r->memfd, (off_t)from);
+    void *s = a == MAP_FAILED ? MAP_FAILED
+                              : mmap(r->sys + from, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, r->memfd,
+                                     (off_t)from);
+    if (a == MAP_FAILED || s == MAP_FAILED) {
+        int e = errno;
+        dsm_err("cannot map %zu bytes of shared memory: %s%s", len, strerror(e),
+                e == ENOMEM ? " (the process may have reached vm.max_map_count; see dsm_info)" : "");
+        return DSM_ENOMEM;
+    }
+    /* A fork must not share or copy the views (the child would see pages change under it). */
+    madvise(r->app + from, len, MADV_DONTFORK);
+    madvise(r->sys + from, len, MADV_DONTFORK);
+    return DSM_OK;
 }
 
 static int reserve_local(const dsm_config_t *cfg)
@@ -72,14 +93,29 @@ static int reserve_local(const dsm_config_t *cfg)
         dsm_err("memfd_create: %s", strerror(errno));
         return DSM_ESYS;
     }
-    r->home = reserve_meta(r->npages * sizeof *r->home);
-    r->kind = reserve_meta(r->npages);
+    /* Half the range for the collective allocators, half for the per-node arenas of dsm_malloc. */
+    r->nodes = dsm_core_size();
+    r->arena_first = r->npages / 2;
+    r->arena_pages = (r->npages - r->arena_first) / (size_t)r->nodes;
+    if (r->arena_pages < 16) {
+        dsm_err("DSM_HEAP_SIZE=%zu is too small for %d nodes (each node's dsm_malloc arena needs 64 KiB)",
+                r->size, r->nodes);
+        return DSM_ENOMEM;
+    }
+    /* The file spans the whole range (sparse: memory is used only by pages touched). */
+    if (ftruncate(r->memfd, (off_t)r->size) < 0) {
+        dsm_err("cannot size the shared memory file to %zu bytes: %s", r->size, strerror(errno));
+        return DSM_ENOMEM;
+    }
+    r->home = reserve_meta(r->arena_first * sizeof *r->home);
+    r->kind = reserve_meta(r->arena_first);
     if (!r->home || !r->kind) {
         dsm_err("cannot reserve the page table for %zu pages: %s", r->npages, strerror(errno));
         return DSM_ENOMEM;
     }
-    /* Pages start unallocated: -1. Only the table's pages in use are touched. */
-    return DSM_OK;
+    /* Collective pages start unallocated (kind none); the table's pages are touched only when in use. */
+    size_t from = r->arena_first << DSM_PAGE_SHIFT, len = (r->arena_pages * (size_t)r->nodes) << DSM_PAGE_SHIFT;
+    return map_views(from, from + len);
 }
 
 int dsm_region_reserve(void)
@@ -119,47 +155,23 @@ int dsm_region_reserve(void)
     return rc;
 }
 
-/* Map [from, to) of the memfd into both views. */
-static int map_chunk(size_t from, size_t to)
-{
-    dsm_region_t *r = &dsm_region;
-    size_t len = to - from;
-    if (ftruncate(r->memfd, (off_t)to) < 0) {
-        dsm_err("cannot grow the shared memory file to %zu bytes: %s", to, strerror(errno));
-        return DSM_ENOMEM;
-    }
-    void *a = mmap(r->app + from, len, PROT_NONE, MAP_SHARED | MAP_FIXED, r->memfd, (off_t)from);
-    void *s = a == MAP_FAILED ? MAP_FAILED
-                              : mmap(r->sys + from, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, r->memfd,
-                                     (off_t)from);
-    if (a == MAP_FAILED || s == MAP_FAILED) {
-        int e = errno;
-        dsm_err("cannot map %zu bytes of shared memory: %s%s", len, strerror(e),
-                e == ENOMEM ? " (the process may have reached vm.max_map_count; see dsm_info)" : "");
-        return DSM_ENOMEM;
-    }
-    /* A fork must not share or copy the views (the child would see pages change under it). */
-    madvise(r->app + from, len, MADV_DONTFORK);
-    madvise(r->sys + from, len, MADV_DONTFORK);
-    return DSM_OK;
-}
-
 int dsm_region_grow(size_t end)
 {
     dsm_region_t *r = &dsm_region;
+    size_t limit = r->arena_first << DSM_PAGE_SHIFT;
     if (end <= r->mapped)
         return DSM_OK;
-    if (end > r->size)
+    if (end > limit)
         return DSM_ENOMEM;
     size_t to = r->mapped + CHUNK_MIN;
     if (to < end)
         to = (end + CHUNK_MIN - 1) / CHUNK_MIN * CHUNK_MIN;
-    if (to > r->size)
-        to = r->size;
+    if (to > limit)
+        to = limit;
     struct chunk *c = calloc(1, sizeof *c);
     if (!c)
         return DSM_ENOMEM;
-    int rc = map_chunk(r->mapped, to);
+    int rc = map_views(r->mapped, to);
     /* Registration is collective; every node grows in the same calls, so every node reaches it, also after a
      * local failure, and the failure is then reported by all. */
     int mrc = dsm_mreg_create(r->sys + r->mapped, to - r->mapped, &c->mreg);
@@ -185,7 +197,7 @@ int dsm_region_span(const void *addr, size_t len, size_t *first_p, size_t *n_p)
     if (len == 0 || !dsm_region_page(addr, &first) || !dsm_region_page((const uint8_t *)addr + len - 1, &last))
         return 0;
     for (size_t p = first + 1; p < last; p++)
-        if (__atomic_load_n(&dsm_region.kind[p], __ATOMIC_ACQUIRE) != DSM_KIND_COHERENT)
+        if (dsm_page_kind(p) != DSM_KIND_COHERENT)
             return 0;
     *first_p = first;
     *n_p = last - first + 1;
@@ -225,9 +237,9 @@ void dsm_region_release(void)
     if (r->sys)
         munmap(r->sys, r->size);
     if (r->home)
-        munmap(r->home, r->npages * sizeof *r->home);
+        munmap(r->home, r->arena_first * sizeof *r->home);
     if (r->kind)
-        munmap(r->kind, r->npages);
+        munmap(r->kind, r->arena_first);
     if (r->memfd >= 0)
         close(r->memfd);
     *r = (dsm_region_t){.memfd = -1};

@@ -1,6 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * region.h - the shared range (DESIGN.md 4.1): one memfd mapped twice, grown in chunks.
+ * region.h - the shared range (DESIGN.md 4.1): one memfd mapped twice.
+ *
+ *   [0, arena_first)        pages of the collective allocators (dsm_alloc...), mapped and registered with the
+ *                           transports in chunks as they grow, never whole
+ *   [arena_first, npages)   one arena per node for dsm_malloc, every page homed on its arena's node
+ *                           (computed, not stored); mapped at dsm_init, touched only when used
  *
  *   application view  at DSM_BASE on every node; each page's protection is its coherence state
  *                     (none = Invalid, read = Shared, read-write = Modified)
@@ -29,8 +34,11 @@ typedef struct dsm_region {
     size_t mapped;       /* bytes backed by the memfd, from the start, in chunks */
     size_t npages;       /* size / page */
     int memfd;
-    int32_t *home;       /* [npages]: home node of each mapped page, -1 when unallocated */
-    uint8_t *kind;       /* [npages]: DSM_KIND_* */
+    int32_t *home;       /* [arena_first]: home node of each collective page, -1 when unallocated */
+    uint8_t *kind;       /* [arena_first]: DSM_KIND_* */
+    size_t arena_first;  /* first page of the arenas */
+    size_t arena_pages;  /* pages per node's arena */
+    int nodes;
 } dsm_region_t;
 
 /* What a page of the range is. */
@@ -42,15 +50,32 @@ enum {
 
 extern dsm_region_t dsm_region;
 
-/* The kind of the page holding addr (DSM_KIND_NONE outside the mapped range). Async-signal-safe. */
+/* The kind and home of page p (any index). Async-signal-safe. */
+static inline int dsm_page_kind(size_t p)
+{
+    const dsm_region_t *r = &dsm_region;
+    if (p >= r->npages)
+        return DSM_KIND_NONE;
+    if (p >= r->arena_first)
+        return (p - r->arena_first) / r->arena_pages < (size_t)r->nodes ? DSM_KIND_COHERENT : DSM_KIND_NONE;
+    return __atomic_load_n(&r->kind[p], __ATOMIC_ACQUIRE);
+}
+
+static inline int dsm_page_home(size_t p)
+{
+    const dsm_region_t *r = &dsm_region;
+    return p >= r->arena_first ? (int)((p - r->arena_first) / r->arena_pages) : r->home[p];
+}
+
+/* The kind of the page holding addr (DSM_KIND_NONE outside the range). Async-signal-safe. */
 static inline int dsm_region_kind(const void *addr, size_t *page_p)
 {
     uintptr_t a = (uintptr_t)addr, b = (uintptr_t)dsm_region.app;
-    if (!b || a < b || a >= b + __atomic_load_n(&dsm_region.mapped, __ATOMIC_ACQUIRE))
+    if (!b || a < b || a >= b + dsm_region.size)
         return DSM_KIND_NONE;
     size_t p = (a - b) >> DSM_PAGE_SHIFT;
     *page_p = p;
-    return __atomic_load_n(&dsm_region.kind[p], __ATOMIC_ACQUIRE);
+    return dsm_page_kind(p);
 }
 
 /* Is addr in coherent shared memory? Async-signal-safe. */

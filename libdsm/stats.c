@@ -89,8 +89,12 @@ void dsm_stats_print(FILE *f, int rank, const char *tp_name)
     /* The ten pages homed here that moved most. */
     size_t top[10];
     int ntop = 0;
+    /* Pages homed here: collective ones in the mapped part, and this node's arena. */
     size_t mapped = dsm_region.mapped >> DSM_PAGE_SHIFT;
-    for (size_t p = 0; moves && p < mapped; p++) {
+    size_t arena = dsm_region.arena_first + (size_t)rank * dsm_region.arena_pages;
+    for (size_t p = 0; moves && p < arena + dsm_region.arena_pages; p++) {
+        if (p == mapped && p < arena)
+            p = arena;
         if (!moves[p])
             continue;
         int at;
