@@ -19,6 +19,7 @@
 #include "dsm.h"
 #include "libdsm/core.h"
 #include "libdsm/log.h"
+#include "libdsm/wait.h"
 #include "transport/wire.h"
 
 #define MAX_ROUNDS 32
@@ -86,7 +87,7 @@ DSM_API int dsm_barrier(void)
         rc = dsm_am_send((int)((dsm_core_rank() + (1L << k)) % n), DSM_AM_BARRIER, h, sizeof h, NULL, 0);
         uint32_t seen;
         while (rc == DSM_OK && (seen = __atomic_load_n(&bar.arrived[k], __ATOMIC_ACQUIRE)) < e)
-            dsm_futex_wait(&bar.arrived[k], seen, 1000);
+            dsm_wait_change(&bar.arrived[k], seen, 1000);
     }
     pthread_mutex_unlock(&bar.lock);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);

@@ -24,6 +24,7 @@
 #include "libdsm/core.h"
 #include "libdsm/error.h"
 #include "libdsm/log.h"
+#include "libdsm/wait.h"
 #include "libdsm/stats.h"
 #include "transport/wire.h"
 
@@ -108,7 +109,7 @@ static int req_wait_peer(dsm_tp_req_t *req, int peer)
         int64_t left = deadline - now_ms();
         if (left <= 0)
             dsm_fail_stop(peer, "no reply within DSM_TIMEOUT");
-        dsm_futex_wait(&req->done, 0, left > 100 ? 100 : (int)left);
+        dsm_wait_change(&req->done, 0, left > 100 ? 100 : (int)left);
     }
     return req->status;
 }
@@ -583,6 +584,33 @@ out:
     return rc;
 }
 
+/* How many ranks of the job run on this host (same host name and boot id). */
+static int ranks_on_this_host(void)
+{
+    char me[320], boot[64] = "";
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    if (f) {
+        if (!fgets(boot, sizeof boot, f))
+            boot[0] = '\0';
+        fclose(f);
+    }
+    boot[strcspn(boot, "\n")] = '\0';
+    char host[256] = "";
+    gethostname(host, sizeof host - 1);
+    snprintf(me, sizeof me, "%s/%s", host, boot);
+    int same = 0;
+    if (core.boot.put(&core.boot, "host", me, strlen(me) + 1) != DSM_OK || core.boot.fence(&core.boot) != DSM_OK)
+        return 1;
+    for (int p = 0; p < core.size; p++) {
+        char theirs[320];
+        size_t n = sizeof theirs;
+        if (core.boot.get(&core.boot, p, "host", theirs, &n) == DSM_OK && n && theirs[n - 1] == '\0' &&
+            strcmp(theirs, me) == 0)
+            same++;
+    }
+    return same ? same : 1;
+}
+
 /* ---- init and finalize ---- */
 
 static void teardown(int clean)
@@ -674,6 +702,7 @@ DSM_API int dsm_init_version(int api_version, int *argc, char ***argv)
         snprintf(err, sizeof err, "%s", dsm_strerror(rc));
         goto fail;
     }
+    dsm_wait_choose(core.cfg.wait_mode, core.size == 1 ? 1 : ranks_on_this_host());
     if (core.size == 1) {
         snprintf(core.tp_name, sizeof core.tp_name, "self");
     } else {

@@ -23,6 +23,7 @@
 #include "libdsm/core.h"
 #include "libdsm/error.h"
 #include "libdsm/log.h"
+#include "libdsm/wait.h"
 #include "libdsm/region.h"
 #include "transport/wire.h"
 
@@ -372,7 +373,7 @@ static int lock_common(dsm_lock_t *l, int try_only)
             dsm_fail_stop(home, "cannot send a lock request");
     }
     while (!__atomic_load_n(&slots[i].done, __ATOMIC_ACQUIRE))
-        dsm_futex_wait(&slots[i].done, 0, 1000);
+        dsm_wait_change(&slots[i].done, 0, 1000);
     int granted = slots[i].granted;
     slot_put(i);
     if (granted && held_add(off) != DSM_OK)

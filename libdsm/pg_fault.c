@@ -29,6 +29,7 @@
 #include "libdsm/coh.h"
 #include "libdsm/core.h"
 #include "libdsm/log.h"
+#include "libdsm/wait.h"
 #include "libdsm/region.h"
 #include "libdsm/stats.h"
 #include "transport/wire.h"
@@ -116,7 +117,7 @@ void dsm_pg_fault(size_t p, int write)
         while (__atomic_load_n(&g->seq, __ATOMIC_ACQUIRE) == seq) {
             if (waited >= timeout_ms)
                 dsm_fail_stop(dsm_page_home(p), "no answer to a page request within DSM_TIMEOUT");
-            if (dsm_futex_wait(&g->seq, seq, 100) < 0)
+            if (dsm_wait_change(&g->seq, seq, 100) < 0)
                 waited += 100;
         }
     }

@@ -29,6 +29,8 @@ const struct dsm_setting dsm_settings[] = {
      "network interface whose IPv4 address the tcp transport advertises (default: first up non-loopback one, else lo)"},
     {"DSM_LOG_LEVEL", "warn", "log verbosity: error, warn, info, debug, trace"},
     {"DSM_STATS", "0", "1: print per-node counters (messages, faults, pages, invalidations) and the most moved pages at dsm_finalize"},
+    {"DSM_WAIT", "adaptive",
+     "how a thread waits for a reply: spin, block, adaptive (spin briefly, then sleep); block when this host runs more ranks than it has cores"},
     {"DSM_TIMEOUT", "30", "seconds without progress before a peer or the rendezvous is declared lost"},
     {"DSM_BASE", "0x200000000000", "address of the shared range, identical on every node (sanitizers need their own)"},
     {"DSM_HEAP_SIZE", "64G", "size of the reserved shared range (address space, not memory); suffixes K, M, G, T"},
@@ -152,6 +154,16 @@ int dsm_config_parse(dsm_config_t *cfg, dsm_getenv_fn_t get, char *err, size_t l
         if (!*v || strlen(v) >= 16 || strchr(v, '/') || strchr(v, ' '))
             return fail(err, len, "DSM_TCP_IFACE='%s' is not a valid interface name", v);
         strcpy(cfg->tcp_iface, v);
+    }
+
+    cfg->wait_mode = -1;
+    if ((v = get("DSM_WAIT"))) {
+        static const char *const modes[] = {"spin", "block", "adaptive"};
+        for (int i = 0; i < 3; i++)
+            if (strcmp(v, modes[i]) == 0)
+                cfg->wait_mode = i;
+        if (cfg->wait_mode < 0)
+            return fail(err, len, "DSM_WAIT='%s' is not valid (valid: spin, block, adaptive)", v);
     }
 
     cfg->timeout_s = 30;

@@ -30,6 +30,7 @@ typedef struct dsm_config {
     char tcp_iface[32];
     int timeout_s;
     int stats;
+    int wait_mode;           /* DSM_WAIT_*, or -1 when unset (chosen at init from the ranks per host) */
     uint64_t base;
     uint64_t heap_size;
     /* Bootstrap by hand: rank/size are -1 and coord empty when unset. */
@@ -37,6 +38,8 @@ typedef struct dsm_config {
     int size;
     char coord[256];
 } dsm_config_t;
+
+enum { DSM_WAIT_SPIN = 0, DSM_WAIT_BLOCK = 1, DSM_WAIT_ADAPTIVE = 2 };
 
 typedef const char *(*dsm_getenv_fn_t)(const char *name);
 

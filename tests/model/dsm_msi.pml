@@ -3,7 +3,7 @@
  * dsm_msi.pml - a Promela model (for SPIN) of libdsm's page coherence protocol, for one page.
  * Checked by tests/model/check-model.sh (make check).
  *
- * Where the C is (keep the two in step; the C names this file in its own header comments):
+ * Where the C is (keep the two in step; dir_msi.c and coh.h point back to tests/model/ in their headers):
  *   libdsm/dir_msi.c   the home directory: DIR_U/DIR_S/DIR_M, BUSY_RECALL/BUSY_INV, the FIFO wait queue,
  *                      serve(), drain(), dsm_dir_request(), on_inv_ack(), on_recall_ack()
  *   libdsm/pg_fault.c  the node side: DSM_PG_I/S/M, want (one outstanding request per page and node),
@@ -37,8 +37,8 @@
  *     (demote, then send the ack, as on_inv/on_recall do), so a request of the node can overtake its ack.
  *
  * Properties.
- *   Safety (exhaustive, NODES = 3, each node OPS steps, a step = a fault or a write), checked after every step
- *   by check():
+ *   Safety (exhaustive; check-model.sh runs NODES = 3 with OPS = 6 and NODES = 4 with OPS = 2: each node takes
+ *   at most OPS steps, a step being a fault or a write), checked after every step by check():
  *     - single writer or many readers: at most one node in DSM_PG_M, and then none in DSM_PG_S;
  *     - every read returns the latest version: every copy a node may read (DSM_PG_S or DSM_PG_M) has
  *       ver == latest, in every reachable state, so any read by any thread at any moment sees it;
@@ -46,7 +46,7 @@
  *     - the C's own protocol checks (dsm_pg_grant, on_recall, on_inv_ack, on_recall_ack) never fire;
  *     - the queue and the channels never overflow;
  *     - no deadlock: SPIN's invalid end states (a node left waiting for a grant when nothing can move).
- *   Liveness (LIVENESS, NODES = 2, nodes fault forever, no versions), ltl "done" with weak fairness:
+ *   Liveness (LIVENESS, NODES = 2 and 3, nodes fault forever, no versions), ltl "done" with weak fairness:
  *     every request completes: [] (want[n] != 0 -> <> want[n] == 0) for every node n.
  *
  * Why one page is enough (pages are independent):

@@ -38,6 +38,17 @@ check "DSM_STATS=1 prints each node's counts at dsm_finalize (got $rc)" \
 check "DSM_LOG_LEVEL=info logs each rank's start with rank and pid" \
   '[ "$(grep -c "^libdsm\[[0-2]:[0-9]*\] info: rank [0-2] of 3 up, transport tcp" "$tmp/err")" = 3 ]'
 
+rc=$(DSM_LOG_LEVEL=info run -n 4 "$top/tests/multi/coh_sync")
+cores=$(nproc)
+if [ "$cores" -lt 4 ]; then want=block; else want=adaptive; fi
+check "4 ranks on $cores cores wait by default in mode $want (got $rc)" \
+  '[ "$rc" = 0 ] && grep -q "info: waiting: $want (default; 4 ranks on this host, $cores cores)" "$tmp/err"'
+for mode in spin block adaptive; do
+  rc=$(DSM_WAIT=$mode DSM_LOG_LEVEL=info run -n 2 "$top/tests/multi/coh_sync")
+  check "DSM_WAIT=$mode: locks, faults and atomics work (got $rc)" \
+    '[ "$rc" = 0 ] && grep -q "info: waiting: $mode (DSM_WAIT;" "$tmp/err"'
+done
+
 mkdir "$tmp/ready"
 timeout 120 "$dsmrun" -n 2 "$behave" sleep "$tmp/ready" >"$tmp/out" 2>"$tmp/err" &
 pid=$!

@@ -86,6 +86,13 @@ int main(void)
     bad("DSM_TRANSPORT", "TCP", "'TCP'");
 
     good("DSM_LOG_LEVEL", "trace");
+    good("DSM_WAIT", "spin");
+    bad("DSM_WAIT", "busy", "valid: spin, block, adaptive");
+    clear();
+    tap_ok(parse(&c, err) == DSM_OK && c.wait_mode == -1, "DSM_WAIT unset: chosen at init");
+    clear();
+    setenv_fake("DSM_WAIT", "block");
+    tap_ok(parse(&c, err) == DSM_OK && c.wait_mode == DSM_WAIT_BLOCK, "DSM_WAIT=block");
     bad("DSM_LOG_LEVEL", "verbose", "valid: error, warn, info, debug, trace");
     bad("DSM_TIMEOUT", "0", "from 1 to 86400");
     bad("DSM_TIMEOUT", "ten", "'ten'");
@@ -137,7 +144,7 @@ int main(void)
     tap_ok(dsm_parse_u64(" 5", &v) == DSM_EINVAL, "leading space refused");
 
     /* The table dsm_info prints covers every variable the parser reads. */
-    const char *read[] = {"DSM_TRANSPORT", "DSM_TCP_IFACE", "DSM_LOG_LEVEL", "DSM_STATS", "DSM_TIMEOUT",
+    const char *read[] = {"DSM_TRANSPORT", "DSM_TCP_IFACE", "DSM_LOG_LEVEL", "DSM_STATS", "DSM_WAIT", "DSM_TIMEOUT",
                           "DSM_BASE", "DSM_HEAP_SIZE", "DSM_RANK", "DSM_SIZE", "DSM_COORD"};
     int all = 1;
     for (size_t i = 0; i < sizeof read / sizeof read[0]; i++) {
