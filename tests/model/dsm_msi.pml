@@ -71,8 +71,8 @@
  *     quiescent; node loss and DSM_TIMEOUT are fail-stop.
  *
  * Negative controls (check-model.sh requires SPIN to find an error with each):
- *   BUG_SKIP_INV   serve() clears a remote sharer without sending it INV (and without waiting for its ack):
- *                  the single-writer assertion must fail.
+ *   BUG_SKIP_INV   serve() drops the invalidations (no INV, no ack awaited, no demotion of the home), as the
+ *                  C's test hook dsm_dir_debug_drop_inv = 1 does: the single-writer assertion must fail.
  *   BUG_STALE_MEM  on_recall_ack() does not store the page in the home's memory: a read must see an old
  *                  version.
  *   BUG_NO_DRAIN   on_inv_ack() does not serve the queued requests: the liveness claim must fail.
@@ -251,16 +251,16 @@ inline serve(r, mode)
             for (si : 0 .. NODES - 1) {
                 if
                 :: si != r && ((sharers >> si) & 1) ->
+#ifndef BUG_SKIP_INV
                     if
                     :: si == HOME -> pg_demote(HOME, DSM_PG_I)
                     :: else ->
-#ifndef BUG_SKIP_INV
                         snd(from_home[si], INV, 0, 0, 0);
                         sacks++
-#else
-                        skip
-#endif
                     fi
+#else
+                    skip /* the injected bug: si keeps a stale copy */
+#endif
                 :: else -> skip
                 fi
             }
