@@ -2,7 +2,7 @@
 /*
  * coh.h - the coherence engine's internal interface: node-side page states and faults (pg_fault.c) and the
  * home directory (dir_msi.c). The protocol and its invariants are described at the top of dir_msi.c; the
- * Promela model of the same states and messages is to live in tests/model/ (issue 4, not yet written).
+ * Promela model of the same states and messages is tests/model/dsm_msi.pml (checked by SPIN in make check).
  */
 #ifndef DSM_COH_H
 #define DSM_COH_H
@@ -32,6 +32,8 @@ void dsm_pg_teardown(void);
 void dsm_pg_fault(size_t p, int write);
 /* Bring n pages from first to at least S or M with all requests in flight at once (dsm_prefetch). */
 void dsm_pg_prefetch(size_t first, size_t n, int write);
+/* Is the calling thread inside the page-fault handler? */
+int dsm_pg_in_fault(void);
 /* A grant arrived (or the home granted to itself): data is the page or NULL. */
 int dsm_pg_grant(size_t p, int mode, const void *data);
 /* Fetch-add or compare-swap (DSM_TP_ATOMIC_*) on a word of page p, with the page held Modified here for the

@@ -25,7 +25,7 @@
  * When the home itself is the sharer or owner to demote, it demotes its own page in place (no message), and a
  * grant to itself carries no data (its memory is the home copy).
  *
- * Invariants (numbered as in the model to come, tests/model/):
+ * Invariants (the Promela model tests/model/dsm_msi.pml checks them, with the same state and message names):
  *   1. A page is served by one transaction at a time: requests that find it busy wait in its FIFO queue.
  *   2. State M has exactly one owner and no sharers; S has no owner; U has neither.
  *   3. A write grant is sent only after every other copy is gone (acks counted), so there is one writer.
@@ -81,7 +81,9 @@ struct waiter {
     uint8_t mode;
 };
 
-#define POOL_SIZE (1u << 16)
+/* Requests waiting at this home, all pages together: one per node per page at most (faults coalesce per node),
+ * so prefetches of many pages by many nodes can queue many. Reserved, touched only as used. */
+#define POOL_SIZE (1u << 24)
 
 /* Negative control for the tests (coh.h): drop every Nth invalidation. Never set by the library itself. */
 unsigned dsm_dir_debug_drop_inv;
@@ -90,7 +92,8 @@ static unsigned inv_count;
 static uint8_t *dirs;       /* npages entries of dir_stride bytes */
 static size_t dir_stride, ndirs, words;
 static struct waiter *pool; /* [POOL_SIZE]; entry 0 unused */
-static uint32_t pool_free;
+static uint32_t pool_free;  /* returned entries */
+static uint32_t pool_next;  /* entries never used yet start here */
 static uint8_t pool_lock;
 
 static struct dir *dir_at(size_t p)
@@ -136,6 +139,8 @@ static void enqueue(struct dir *d, int node, int mode)
     uint32_t i = pool_free;
     if (i)
         pool_free = pool[i].next;
+    else if (pool_next < POOL_SIZE)
+        i = pool_next++;
     spin_unlock(&pool_lock);
     if (!i)
         dsm_fail_stop(-1, "too many page requests waiting at this home (pool exhausted)");
@@ -399,7 +404,8 @@ int dsm_dir_setup(void)
     ndirs = dsm_region.npages;
     void *m = mmap(NULL, ndirs * dir_stride, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                    -1, 0);
-    void *q = mmap(NULL, POOL_SIZE * sizeof *pool, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *q = mmap(NULL, POOL_SIZE * sizeof *pool, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
     if (m == MAP_FAILED || q == MAP_FAILED) {
         dsm_err("cannot reserve the page directory: %s", strerror(errno));
         if (m != MAP_FAILED)
@@ -408,9 +414,8 @@ int dsm_dir_setup(void)
     }
     dirs = m;
     pool = q;
-    for (uint32_t i = 1; i < POOL_SIZE; i++)
-        pool[i].next = i + 1 < POOL_SIZE ? i + 1 : 0;
-    pool_free = 1;
+    pool_free = 0;
+    pool_next = 1; /* entry 0 means none */
     int rc;
     if ((rc = dsm_am_register(DSM_AM_GETS, on_get, NULL)) || (rc = dsm_am_register(DSM_AM_GETM, on_get, NULL)) ||
         (rc = dsm_am_register(DSM_AM_INV_ACK, on_inv_ack, NULL)) ||

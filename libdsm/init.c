@@ -201,6 +201,11 @@ static void core_count_refused(void)
     __atomic_add_fetch(&core.conns_refused, 1, __ATOMIC_RELAXED);
 }
 
+static int core_may_allocate(void)
+{
+    return !dsm_pg_in_fault();
+}
+
 static const char *core_setting(const char *name)
 {
     if (strcmp(name, "DSM_TCP_IFACE") == 0)
@@ -687,6 +692,7 @@ DSM_API int dsm_init_version(int api_version, int *argc, char ***argv)
         .count_rx = core_count_rx,
         .count_refused = core_count_refused,
         .setting = core_setting,
+        .may_allocate = core_may_allocate,
     };
     dsm_debug("joined job %016llx as rank %d of %d through %s", (unsigned long long)core.boot.job_id, core.rank,
               core.size, core.boot.name);

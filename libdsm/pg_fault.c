@@ -43,6 +43,7 @@ struct pg {
 };
 
 static struct pg *pgs;
+static _Thread_local int in_fault; /* inside the SIGSEGV handler: no allocation (transport may_allocate) */
 static size_t npgs;
 static struct sigaction old_segv, old_bus;
 static int installed;
@@ -89,6 +90,11 @@ static void send_request(size_t p, int mode)
     dsm_le64_put(h, p);
     if (dsm_am_send(home, mode == DSM_PG_M ? DSM_AM_GETM : DSM_AM_GETS, h, sizeof h, NULL, 0) != DSM_OK)
         dsm_fail_stop(home, "cannot send a page request");
+}
+
+int dsm_pg_in_fault(void)
+{
+    return in_fault;
 }
 
 void dsm_pg_fault(size_t p, int write)
@@ -308,7 +314,9 @@ static void on_segv(int sig, siginfo_t *si, void *ucv)
         const ucontext_t *uc = ucv;
         /* Bit 1 of the x86 page-fault error code: the access was a write. */
         int write = (uc->uc_mcontext.gregs[REG_ERR] & 2) != 0;
+        in_fault++;
         dsm_pg_fault(p, write);
+        in_fault--;
     } else if (kind == DSM_KIND_ATOMIC) {
         dsm_fail_stop(-1, "usage error: a plain load or store on dsm_alloc_atomic memory; "
                           "use dsm_atomic_load, dsm_atomic_store, dsm_fetch_add or dsm_cas");

@@ -104,6 +104,9 @@ typedef struct dsm_tp_core {
     void (*count_refused)(void);  /* a connection that failed authentication */
     /* The validated value of a DSM_* setting a provider reads (e.g. DSM_TCP_IFACE), or NULL when unset. */
     const char *(*setting)(const char *name);
+    /* May the calling thread allocate memory? Not inside the page-fault handler (DESIGN.md 4.2): a send from
+     * there waits for queue space instead of growing the queue. */
+    int (*may_allocate)(void);
 } dsm_tp_core_t;
 
 /* Log levels shared with libdsm/log.h. */

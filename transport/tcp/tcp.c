@@ -44,6 +44,7 @@
 #define TCP_NAME "tcp"
 #define TCP_STRANGERS_MAX 64 /* unauthenticated connections at once beyond one per peer; more are closed */
 #define TCP_READS_PER_EVENT 16
+#define SEND_QUEUE_MIN (64u << 10)
 
 enum conn_state {
     CONN_HELLO_OUT, /* we connected and sent HELLO; waiting for HELLO_ACK */
@@ -201,6 +202,9 @@ static struct tcp_conn *conn_new(int fd, int peer, enum conn_state st, const cha
     c->fd = fd;
     c->peer = peer;
     c->state = st;
+    /* Room for many small frames from the fault path, which may not grow the queue. */
+    c->sbuf = malloc(SEND_QUEUE_MIN);
+    c->scap = c->sbuf ? SEND_QUEUE_MIN : 0;
     snprintf(c->name, sizeof c->name, "%s", name);
     pthread_mutex_init(&c->slock, NULL);
     return c;
@@ -325,6 +329,69 @@ static int queue_append(struct tcp_conn *c, const struct iovec *iov, int n, size
     return DSM_OK;
 }
 
+static int conn_send(dsm_tp_t *tp, struct tcp_conn *c, const dsm_wire_hdr_t *h, const void *p1, size_t l1,
+                     const void *p2, size_t l2, const void *p3, size_t l3);
+
+/* conn_send from a thread that may not allocate, when the queue lacks room. A partly sent frame (sent > 0)
+ * must be completed from here, byte for byte, while holding the send lock. */
+static int conn_send_wait(dsm_tp_t *tp, struct tcp_conn *c, const dsm_wire_hdr_t *h, const void *p1, size_t l1,
+                          const void *p2, size_t l2, const void *p3, size_t l3, size_t sent)
+{
+    int64_t deadline = now_ms() + tp->core->timeout_ms;
+    if (sent) {
+        uint8_t hb[DSM_WIRE_HDR_SIZE];
+        dsm_wire_hdr_enc(hb, h);
+        struct iovec iov[4] = {{hb, sizeof hb}, {(void *)p1, l1}, {(void *)p2, l2}, {(void *)p3, l3}};
+        size_t total = sizeof hb + l1 + l2 + l3;
+        pthread_mutex_lock(&c->slock);
+        while (sent < total) {
+            size_t skip = sent;
+            struct iovec left[4];
+            int nl = 0;
+            for (int i = 0; i < 4; i++) {
+                if (skip >= iov[i].iov_len) {
+                    skip -= iov[i].iov_len;
+                    continue;
+                }
+                left[nl].iov_base = (uint8_t *)iov[i].iov_base + skip;
+                left[nl++].iov_len = iov[i].iov_len - skip;
+                skip = 0;
+            }
+            struct msghdr mh = {.msg_iov = left, .msg_iovlen = (size_t)nl};
+            ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (w > 0) {
+                sent += (size_t)w;
+                tp->core->count_tx((size_t)w);
+                continue;
+            }
+            if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                break;
+            if (now_ms() > deadline)
+                break;
+            struct pollfd pf = {.fd = c->fd, .events = POLLOUT};
+            poll(&pf, 1, 10);
+        }
+        pthread_mutex_unlock(&c->slock);
+        if (sent < total && c->peer >= 0)
+            tp->core->peer_lost(c->peer, "cannot send from the fault path");
+        return sent < total ? DSM_ENODE : DSM_OK;
+    }
+    for (;;) {
+        usleep(50);
+        if (now_ms() > deadline) {
+            if (c->peer >= 0)
+                tp->core->peer_lost(c->peer, "send queue full for DSM_TIMEOUT");
+            return DSM_ETIMEDOUT;
+        }
+        pthread_mutex_lock(&c->slock);
+        size_t room = c->scap - c->stail + c->shead;
+        pthread_mutex_unlock(&c->slock);
+        size_t need = DSM_WIRE_HDR_SIZE + l1 + l2 + l3;
+        if (room >= need)
+            return conn_send(tp, c, h, p1, l1, p2, l2, p3, l3);
+    }
+}
+
 /* Send one frame: header, then up to three pieces. Never blocks; keeps the order of frames. */
 static int conn_send(dsm_tp_t *tp, struct tcp_conn *c, const dsm_wire_hdr_t *h, const void *p1, size_t l1,
                      const void *p2, size_t l2, const void *p3, size_t l3)
@@ -357,6 +424,14 @@ static int conn_send(dsm_tp_t *tp, struct tcp_conn *c, const dsm_wire_hdr_t *h, 
                 /* The progress thread sees the broken socket too and reports the peer lost. */
                 rc = c->left ? DSM_OK : DSM_ENODE;
             }
+        }
+        if (rc == DSM_OK && sent < total && c->scap - c->stail + c->shead < total - sent &&
+            tp->core->may_allocate && !tp->core->may_allocate()) {
+            /* The fault path must not allocate: wait for the progress thread to drain the queue, then
+             * retry from the start (nothing of this frame was sent: the queue was not empty, or the
+             * whole frame is still to be queued). */
+            pthread_mutex_unlock(&c->slock);
+            return conn_send_wait(tp, c, h, p1, l1, p2, l2, p3, l3, sent);
         }
         if (rc == DSM_OK && sent < total) {
             rc = queue_append(c, iov, 4, sent);
