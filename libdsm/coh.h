@@ -24,6 +24,10 @@ enum {
     DSM_AM_RECALL_ACK = 16, /* owner -> home; payload: the page */
 };
 
+/* The page a coherence message names: its header is want bytes starting with the u64 page index, and the page
+ * must be coherent shared memory homed on node home. Returns 1 and sets *p_out, or 0 for a malformed message. */
+int dsm_coh_msg_page(const void *hdr, size_t hl, size_t want, int home, size_t *p_out);
+
 /* pg_fault.c */
 int dsm_pg_setup(void);
 void dsm_pg_teardown(void);

@@ -307,24 +307,12 @@ void dsm_dir_reset(size_t p, size_t n)
 
 /* ---- messages ---- */
 
-/* The page of a message to its home: valid index, homed here. */
-static int home_page(const void *hdr, size_t hl, size_t want, size_t *p_out)
-{
-    if (hl != want)
-        return 0;
-    uint64_t p = dsm_le64_get(hdr);
-    if (dsm_page_kind(p) != DSM_KIND_COHERENT || dsm_page_home(p) != dsm_core_rank())
-        return 0;
-    *p_out = (size_t)p;
-    return 1;
-}
-
 static int on_get(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *payload, size_t len)
 {
     (void)arg;
     (void)payload;
     size_t p;
-    if (!home_page(hdr, hl, 8, &p) || len) {
+    if (!dsm_coh_msg_page(hdr, hl, 8, dsm_core_rank(), &p) || len) {
         dsm_err("malformed page request from node %d", src);
         return DSM_EPROTO;
     }
@@ -338,7 +326,7 @@ static int on_inv_ack(void *arg, int src, uint8_t id, const void *hdr, size_t hl
     (void)id;
     (void)payload;
     size_t p;
-    if (!home_page(hdr, hl, 8, &p) || len) {
+    if (!dsm_coh_msg_page(hdr, hl, 8, dsm_core_rank(), &p) || len) {
         dsm_err("malformed invalidation ack from node %d", src);
         return DSM_EPROTO;
     }
@@ -366,7 +354,7 @@ static int on_recall_ack(void *arg, int src, uint8_t id, const void *hdr, size_t
     (void)arg;
     (void)id;
     size_t p;
-    if (!home_page(hdr, hl, 8, &p) || len != DSM_PAGE_SIZE) {
+    if (!dsm_coh_msg_page(hdr, hl, 8, dsm_core_rank(), &p) || len != DSM_PAGE_SIZE) {
         dsm_err("malformed recall ack from node %d", src);
         return DSM_EPROTO;
     }

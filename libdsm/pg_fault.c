@@ -214,12 +214,12 @@ void dsm_pg_reset(size_t p, size_t n)
 
 /* ---- messages from the home ---- */
 
-static int page_from(const void *hdr, size_t hl, size_t want_len, int src, size_t *p_out)
+int dsm_coh_msg_page(const void *hdr, size_t hl, size_t want, int home, size_t *p_out)
 {
-    if (hl != want_len)
+    if (hl != want)
         return 0;
     uint64_t p = dsm_le64_get(hdr);
-    if (dsm_page_kind(p) != DSM_KIND_COHERENT || dsm_page_home(p) != src)
+    if (dsm_page_kind(p) != DSM_KIND_COHERENT || dsm_page_home(p) != home)
         return 0;
     *p_out = (size_t)p;
     return 1;
@@ -230,7 +230,7 @@ static int on_grant(void *arg, int src, uint8_t id, const void *hdr, size_t hl, 
     (void)arg;
     (void)id;
     size_t p;
-    if (!page_from(hdr, hl, 9, src, &p) || (len != 0 && len != DSM_PAGE_SIZE)) {
+    if (!dsm_coh_msg_page(hdr, hl, 9, src, &p) || (len != 0 && len != DSM_PAGE_SIZE)) {
         dsm_err("malformed page grant from node %d", src);
         return DSM_EPROTO;
     }
@@ -251,7 +251,7 @@ static int on_inv(void *arg, int src, uint8_t id, const void *hdr, size_t hl, co
     (void)id;
     (void)payload;
     size_t p;
-    if (!page_from(hdr, hl, 8, src, &p) || len) {
+    if (!dsm_coh_msg_page(hdr, hl, 8, src, &p) || len) {
         dsm_err("malformed invalidation from node %d", src);
         return DSM_EPROTO;
     }
@@ -266,7 +266,7 @@ static int on_recall(void *arg, int src, uint8_t id, const void *hdr, size_t hl,
     (void)id;
     (void)payload;
     size_t p;
-    if (!page_from(hdr, hl, 9, src, &p) || len) {
+    if (!dsm_coh_msg_page(hdr, hl, 9, src, &p) || len) {
         dsm_err("malformed recall from node %d", src);
         return DSM_EPROTO;
     }

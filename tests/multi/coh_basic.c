@@ -9,7 +9,7 @@
 #include "tests/multi/mt.h"
 
 #define PER_NODE 2048 /* 64-bit words per node: 4 pages */
-#define PINGPONG 3000
+#define PINGPONG 10000
 
 int main(int argc, char **argv)
 {
@@ -47,9 +47,13 @@ int main(int argc, char **argv)
     if (me < 2 && n >= 2) {
         int64_t end = mt_now_ms() + MT_WAIT_MS;
         for (uint64_t i = (uint64_t)me; i < PINGPONG; i += 2) {
-            while (pg[0] != i)
+            /* Polling a page another node is writing pulls it away from the writer at every read; a short
+             * pause between polls lets the writer finish its turn. */
+            while (pg[0] != i) {
                 MT_CHECK(mt_now_ms() < end, "ping-pong stuck at turn %llu (want %llu)",
                          (unsigned long long)pg[0], (unsigned long long)i);
+                usleep(20);
+            }
             MT_CHECK(i == 0 || pg[1 + (i - 1) % 500] == i - 1, "turn %llu: the other node's write is missing",
                      (unsigned long long)i);
             pg[1 + i % 500] = i;
