@@ -81,6 +81,21 @@ void dsm_core_stats(dsm_stats_core_t *s);
 
 /* barrier.c */
 int dsm_barrier_setup(void);
+/* credit.c: channels with credits (the comment at the top of credit.c explains them). */
+enum { DSM_CHAN_REQ = 0, DSM_CHAN_REL = 1, DSM_CHAN_CREDITED = 2 };
+extern unsigned dsm_credit_window;  /* per peer and channel; set before dsm_init (tests) */
+extern int dsm_credit_debug_ignore; /* tests: send without taking credits, to check the receiver's limit */
+int dsm_credit_setup(int nodes);
+void dsm_credit_teardown(void);
+/* Send a credited message (REQ or REL) from an application thread: waits for a credit. */
+int dsm_chan_send(int peer, int chan, uint8_t am_id, const void *hdr, size_t hl, const void *payload, size_t len);
+/* The reply to a credited message arrived from peer. */
+void dsm_credit_return(int peer, int chan);
+/* A credited message arrived from src: DSM_EPROTO when src is beyond its window. */
+int dsm_credit_received(int src, int chan);
+/* This node replied to a credited message of src. */
+void dsm_credit_answered(int src, int chan);
+
 /* malloc.c */
 int dsm_malloc_setup(void);
 /* Bytes of this node's arena handed out and not freed (tests). */

@@ -191,6 +191,7 @@ static void grant(size_t p, int to, int mode, int with_data)
         dsm_ctr_inc(DSM_CTR_PAGE_OUT);
         dsm_stats_page_moved(p);
     }
+    dsm_credit_answered(to, DSM_CHAN_REQ);
     send_or_die(to, DSM_AM_GRANT, h, sizeof h, with_data ? dsm_region.sys + (p << DSM_PAGE_SHIFT) : NULL,
                 with_data ? DSM_PAGE_SIZE : 0);
 }
@@ -316,6 +317,8 @@ static int on_get(void *arg, int src, uint8_t id, const void *hdr, size_t hl, co
         dsm_err("malformed page request from node %d", src);
         return DSM_EPROTO;
     }
+    if (dsm_credit_received(src, DSM_CHAN_REQ) != DSM_OK)
+        return DSM_EPROTO;
     dsm_dir_request(p, src, id == DSM_AM_GETM ? DSM_PG_M : DSM_PG_S);
     return DSM_OK;
 }

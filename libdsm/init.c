@@ -631,6 +631,7 @@ static void teardown(int clean)
     dsm_lock_teardown();
     dsm_stats_teardown();
     dsm_malloc_teardown();
+    dsm_credit_teardown();
     dsm_alloc_reset();
     dsm_region_release();
     free(core.peer_tp);
@@ -704,7 +705,8 @@ DSM_API int dsm_init_version(int api_version, int *argc, char ***argv)
     }
     if ((rc = dsm_barrier_setup()) || (rc = dsm_region_reserve()) || (rc = dsm_alloc_setup()) ||
         (rc = dsm_pg_setup()) || (rc = dsm_dir_setup()) || (rc = dsm_lock_setup()) ||
-        (rc = dsm_stats_setup()) || (rc = dsm_malloc_setup())) {
+        (rc = dsm_stats_setup()) || (rc = dsm_malloc_setup()) ||
+        (rc = dsm_credit_setup(core.size))) {
         snprintf(err, sizeof err, "%s", dsm_strerror(rc));
         goto fail;
     }

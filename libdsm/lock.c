@@ -7,7 +7,9 @@
  *
  *   LOCK_REQ  node -> home   u64 offset, u64 cookie, u8 try
  *   LOCK_GRANT home -> node  u64 offset, u64 cookie, u8 granted (0 only for a try that found it held)
- *   UNLOCK    node -> home   u64 offset
+ *   UNLOCK    node -> home   u64 offset (channel REL, credit.c)
+ *   UNLOCK_ACK home -> node  u64 offset: gives the release credit back
+ * LOCK_REQ travels on the REQ channel: a waiting request holds its credit until the grant.
  *
  * Data written under the lock reaches the next holder through coherence: the writer's pages are recalled from
  * it when the next holder touches them, after its unlock message was sent.
@@ -30,7 +32,7 @@
 #define LOCK_MAGIC 0x016b636f6c6d7364ull /* "dsmlock\1" */
 #define LOCK_CREATED 1u
 
-enum { AM_LOCK_REQ = 20, AM_LOCK_GRANT = 21, AM_UNLOCK = 22 };
+enum { AM_LOCK_REQ = 20, AM_LOCK_GRANT = 21, AM_UNLOCK = 22, AM_UNLOCK_ACK = 23 };
 
 _Static_assert(sizeof(dsm_lock_t) <= 40, "dsm_lock_t must fit in a pthread_mutex_t");
 
@@ -190,6 +192,7 @@ static void send_grant(int node, uint64_t off, uint64_t cookie, int granted)
     dsm_le64_put(h, off);
     dsm_le64_put(h + 8, cookie);
     h[16] = (uint8_t)granted;
+    dsm_credit_answered(node, DSM_CHAN_REQ);
     if (dsm_am_send(node, AM_LOCK_GRANT, h, sizeof h, NULL, 0) != DSM_OK)
         dsm_fail_stop(node, "cannot send a lock grant");
 }
@@ -254,6 +257,8 @@ static int on_lock_req(void *arg, int src, uint8_t id, const void *hdr, size_t h
         dsm_err("malformed lock request from node %d", src);
         return DSM_EPROTO;
     }
+    if (dsm_credit_received(src, DSM_CHAN_REQ) != DSM_OK)
+        return DSM_EPROTO;
     pthread_mutex_lock(&table_lock);
     home_request(src, off, dsm_le64_get((const uint8_t *)hdr + 8), ((const uint8_t *)hdr)[16]);
     pthread_mutex_unlock(&table_lock);
@@ -270,12 +275,31 @@ static int on_unlock(void *arg, int src, uint8_t id, const void *hdr, size_t hl,
         dsm_err("malformed unlock from node %d", src);
         return DSM_EPROTO;
     }
+    if (dsm_credit_received(src, DSM_CHAN_REL) != DSM_OK)
+        return DSM_EPROTO;
     pthread_mutex_lock(&table_lock);
     int rc = home_unlock(src, off);
     pthread_mutex_unlock(&table_lock);
-    if (rc)
+    if (rc) {
         dsm_err("node %d unlocked a lock it does not hold (offset %llu)", src, (unsigned long long)off);
-    return rc ? DSM_EPROTO : DSM_OK;
+        return DSM_EPROTO;
+    }
+    dsm_credit_answered(src, DSM_CHAN_REL);
+    return dsm_am_send(src, AM_UNLOCK_ACK, hdr, 8, NULL, 0);
+}
+
+static int on_unlock_ack(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *p, size_t len)
+{
+    (void)arg;
+    (void)id;
+    (void)p;
+    uint64_t off;
+    if (hl != 8 || len || !lock_off(hdr, src, &off)) {
+        dsm_err("malformed unlock ack from node %d", src);
+        return DSM_EPROTO;
+    }
+    dsm_credit_return(src, DSM_CHAN_REL);
+    return DSM_OK;
 }
 
 static int on_grant(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *p, size_t len)
@@ -289,6 +313,7 @@ static int on_grant(void *arg, int src, uint8_t id, const void *hdr, size_t hl, 
         return DSM_EPROTO;
     }
     grant_arrived(cookie, ((const uint8_t *)hdr)[16], src);
+    dsm_credit_return(src, DSM_CHAN_REQ);
     return DSM_OK;
 }
 
@@ -296,7 +321,8 @@ int dsm_lock_setup(void)
 {
     int rc;
     if ((rc = dsm_am_register(AM_LOCK_REQ, on_lock_req, NULL)) || (rc = dsm_am_register(AM_UNLOCK, on_unlock, NULL)) ||
-        (rc = dsm_am_register(AM_LOCK_GRANT, on_grant, NULL)))
+        (rc = dsm_am_register(AM_LOCK_GRANT, on_grant, NULL)) ||
+        (rc = dsm_am_register(AM_UNLOCK_ACK, on_unlock_ack, NULL)))
         return rc;
     return DSM_OK;
 }
@@ -369,7 +395,7 @@ static int lock_common(dsm_lock_t *l, int try_only)
         dsm_le64_put(h, off);
         dsm_le64_put(h + 8, cookie);
         h[16] = (uint8_t)try_only;
-        if (dsm_am_send(home, AM_LOCK_REQ, h, sizeof h, NULL, 0) != DSM_OK)
+        if (dsm_chan_send(home, DSM_CHAN_REQ, AM_LOCK_REQ, h, sizeof h, NULL, 0) != DSM_OK)
             dsm_fail_stop(home, "cannot send a lock request");
     }
     while (!__atomic_load_n(&slots[i].done, __ATOMIC_ACQUIRE))
@@ -407,7 +433,7 @@ DSM_API int dsm_unlock(dsm_lock_t *l)
     }
     uint8_t h[8];
     dsm_le64_put(h, off);
-    if (dsm_am_send(home, AM_UNLOCK, h, sizeof h, NULL, 0) != DSM_OK)
+    if (dsm_chan_send(home, DSM_CHAN_REL, AM_UNLOCK, h, sizeof h, NULL, 0) != DSM_OK)
         dsm_fail_stop(home, "cannot send an unlock");
     return DSM_OK;
 }

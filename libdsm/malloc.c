@@ -10,7 +10,8 @@
  * zero-filled: arena pages never handed out are zero, and a reused block is cleared by the allocating thread
  * when it is handed out (never at free: a free may run on the progress thread, which must not fault).
  *
- *   FREE   node -> arena owner   u64 offset of the block in the range
+ *   FREE     node -> arena owner   u64 offset of the block in the range (channel REQ, credit.c)
+ *   FREE_ACK owner -> node         the same: gives the credit back
  */
 #include "config.h"
 
@@ -27,7 +28,7 @@
 #include "libdsm/region.h"
 #include "transport/wire.h"
 
-enum { AM_FREE = 30 };
+enum { AM_FREE = 30, AM_FREE_ACK = 31 };
 
 #define NCLASSES 8 /* 16 << 0 .. 16 << 7 = 2048 */
 #define CLASS_MAX 2048u
@@ -259,11 +260,28 @@ static int on_free(void *arg, int src, uint8_t id, const void *hdr, size_t hl, c
         dsm_err("malformed free from node %d", src);
         return DSM_EPROTO;
     }
+    if (dsm_credit_received(src, DSM_CHAN_REQ) != DSM_OK)
+        return DSM_EPROTO;
     uint64_t off = dsm_le64_get(hdr);
     /* A wrong pointer is the caller's bug, not a broken peer: report it and carry on. */
     if (free_local(off) != DSM_OK)
         dsm_err("node %d freed %p, which is not a live dsm_malloc block of this node", src,
                 (void *)(dsm_region.app + off));
+    dsm_credit_answered(src, DSM_CHAN_REQ);
+    return dsm_am_send(src, AM_FREE_ACK, hdr, 8, NULL, 0);
+}
+
+static int on_free_ack(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *p, size_t len)
+{
+    (void)arg;
+    (void)id;
+    (void)hdr;
+    (void)p;
+    if (hl != 8 || len) {
+        dsm_err("malformed free ack from node %d", src);
+        return DSM_EPROTO;
+    }
+    dsm_credit_return(src, DSM_CHAN_REQ);
     return DSM_OK;
 }
 
@@ -288,7 +306,7 @@ DSM_API void dsm_free(void *ptr)
     }
     uint8_t h[8];
     dsm_le64_put(h, off);
-    if (dsm_am_send(owner, AM_FREE, h, sizeof h, NULL, 0) != DSM_OK)
+    if (dsm_chan_send(owner, DSM_CHAN_REQ, AM_FREE, h, sizeof h, NULL, 0) != DSM_OK)
         dsm_fail_stop(owner, "cannot send a free");
 }
 
@@ -317,6 +335,8 @@ int dsm_malloc_setup(void)
     int rc = run_put(0, ar.npages);
     if (rc == DSM_OK)
         rc = dsm_am_register(AM_FREE, on_free, NULL);
+    if (rc == DSM_OK)
+        rc = dsm_am_register(AM_FREE_ACK, on_free_ack, NULL);
     return rc;
 }
 

@@ -88,7 +88,8 @@ static void send_request(size_t p, int mode)
     }
     uint8_t h[8];
     dsm_le64_put(h, p);
-    if (dsm_am_send(home, mode == DSM_PG_M ? DSM_AM_GETM : DSM_AM_GETS, h, sizeof h, NULL, 0) != DSM_OK)
+    if (dsm_chan_send(home, DSM_CHAN_REQ, mode == DSM_PG_M ? DSM_AM_GETM : DSM_AM_GETS, h, sizeof h, NULL, 0) !=
+        DSM_OK)
         dsm_fail_stop(home, "cannot send a page request");
 }
 
@@ -242,6 +243,8 @@ static int on_grant(void *arg, int src, uint8_t id, const void *hdr, size_t hl, 
     int rc = dsm_pg_grant(p, mode, len ? payload : NULL);
     if (rc)
         dsm_err("node %d granted page %zu that this node did not ask for, or without its data", src, p);
+    else
+        dsm_credit_return(src, DSM_CHAN_REQ);
     return rc;
 }
 
