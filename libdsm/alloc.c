@@ -4,7 +4,8 @@
  * the shared range, the same decisions on every node because every node makes the same calls in the same order
  * (checked: each call's arguments are compared through the rendezvous, and any difference is DSM_EMISMATCH on
  * every node). Pages of dsm_alloc are homed block-wise over the nodes; memory comes zero-filled (fresh memfd
- * pages are zero; freed pages are zeroed by their home). After dsm_dealloc the range has no home, so a stale
+ * pages are zero; a page used before is zeroed by its new home, the only copy that counts when nobody else
+ * holds it). Freed memory is not given back to the system (no hole punching: the RDMA transport registers it). After dsm_dealloc the range has no home, so a stale
  * access dies with SIGSEGV like any use after free.
  */
 #include "config.h"
@@ -29,6 +30,8 @@ struct range {
 static pthread_mutex_t alloc_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct range *free_list, *used_list;
 static unsigned alloc_seq;
+/* Bytes of the collective part ever allocated: pages below may hold old data in any node's memfd. */
+static size_t used_hwm;
 
 void dsm_alloc_reset(void)
 {
@@ -41,6 +44,7 @@ void dsm_alloc_reset(void)
         }
     free_list = used_list = NULL;
     alloc_seq = 0;
+    used_hwm = 0;
 }
 
 int dsm_alloc_setup(void)
@@ -123,6 +127,8 @@ static void *alloc_common(size_t len, int home, int kind)
     }
     used->off = off;
     used->len = bytes;
+    if (off + bytes > used_hwm)
+        used_hwm = off + bytes;
     used->next = used_list;
     used_list = used;
 
@@ -130,8 +136,13 @@ static void *alloc_common(size_t len, int home, int kind)
     int me = dsm_core_rank();
     for (size_t i = 0; i < pages; i++) {
         int h = home >= 0 ? home : (int)((i * (size_t)n) / pages);
-        if (h == me)
+        if (h == me) {
             dsm_dir_reset(first + i, 1);
+            /* A page used before may hold old data here, whoever was its home then: this node's memory is
+             * the page now (zero-filled). Pages never used are zero already and stay untouched. */
+            if (((first + i) << DSM_PAGE_SHIFT) < used_hwm)
+                memset(dsm_region.sys + ((first + i) << DSM_PAGE_SHIFT), 0, DSM_PAGE_SIZE);
+        }
         dsm_region.home[first + i] = h;
         __atomic_store_n(&dsm_region.kind[first + i], (uint8_t)kind, __ATOMIC_RELEASE);
     }
@@ -191,14 +202,12 @@ DSM_API int dsm_dealloc(void *ptr)
     struct range *r = *pp;
     *pp = r->next;
     size_t first = r->off >> DSM_PAGE_SHIFT, pages = r->len >> DSM_PAGE_SHIFT;
-    int me = dsm_core_rank();
     dsm_pg_reset(first, pages);
+    int me = dsm_core_rank();
     for (size_t i = first; i < first + pages; i++) {
         __atomic_store_n(&dsm_region.kind[i], DSM_KIND_NONE, __ATOMIC_RELEASE);
-        if (dsm_region.home[i] == me) {
-            memset(dsm_region.sys + (i << DSM_PAGE_SHIFT), 0, DSM_PAGE_SIZE);
+        if (dsm_region.home[i] == me)
             dsm_dir_reset(i, 1);
-        }
         dsm_region.home[i] = -1;
     }
     /* Back into the free list, sorted by offset, merged with its neighbours. */

@@ -45,7 +45,7 @@ DSM_API int dsm_get(void *dst, const void *src, size_t len)
         return rc;
     if (touches_region(dst, len) && (rc = dsm_prefetch(dst, len, DSM_WRITE)))
         return rc;
-    memcpy(dst, src, len);
+    memmove(dst, src, len);
     return DSM_OK;
 }
 
@@ -60,6 +60,6 @@ DSM_API int dsm_put(void *dst, const void *src, size_t len)
         return rc;
     if ((rc = dsm_prefetch(dst, len, DSM_WRITE)))
         return rc;
-    memcpy(dst, src, len);
+    memmove(dst, src, len);
     return DSM_OK;
 }

@@ -244,6 +244,9 @@ static void serve(size_t p, struct dir *d, int r, int mode)
     /* GETM on U or S. */
     int had = is_sharer(d, r);
     uint32_t acks = 0;
+    /* While the invalidations are out, the sharer bits name exactly the nodes that owe an ack. */
+    uint64_t owe[words];
+    memset(owe, 0, sizeof owe);
     if (d->state == DIR_S) {
         for (int s = 0; s < n; s++) {
             if (s == r || !is_sharer(d, s))
@@ -256,11 +259,12 @@ static void serve(size_t p, struct dir *d, int r, int mode)
             } else {
                 send_or_die(s, DSM_AM_INV, h, 8, NULL, 0);
                 dsm_ctr_inc(DSM_CTR_INV_OUT);
+                owe[s / 64] |= 1ull << (s % 64);
                 acks++;
             }
         }
     }
-    clear_sharers(d);
+    memcpy(d->sharers, owe, sizeof owe);
     if (acks) {
         d->busy = BUSY_INV;
         d->acks = acks;
@@ -335,11 +339,12 @@ static int on_inv_ack(void *arg, int src, uint8_t id, const void *hdr, size_t hl
     }
     struct dir *d = dir_at(p);
     spin_lock(&d->lock);
-    if (d->busy != BUSY_INV || d->acks == 0) {
+    if (d->busy != BUSY_INV || d->acks == 0 || !is_sharer(d, src)) {
         spin_unlock(&d->lock);
         dsm_err("unexpected invalidation ack from node %d for page %zu", src, p);
         return DSM_EPROTO;
     }
+    d->sharers[src / 64] &= ~(1ull << (src % 64));
     if (--d->acks == 0) {
         d->busy = BUSY_NONE;
         d->state = DIR_M;
@@ -401,6 +406,8 @@ int dsm_dir_setup(void)
         dsm_err("cannot reserve the page directory: %s", strerror(errno));
         if (m != MAP_FAILED)
             munmap(m, ndirs * dir_stride);
+        if (q != MAP_FAILED)
+            munmap(q, POOL_SIZE * sizeof *pool);
         return DSM_ENOMEM;
     }
     dirs = m;

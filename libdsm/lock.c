@@ -134,23 +134,37 @@ static struct slot {
     uint32_t gen;
     int granted;
     int busy;
+    uint64_t off;      /* what was asked, so a grant must match it */
+    int home;
+    int try_only;
 } slots[SLOTS];
+static uint32_t slots_freed; /* futex word: bumped when a slot is released */
 static pthread_mutex_t slot_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static int slot_get(void)
+/* A waiting slot for a request of lock off at home; waits while all are taken (more threads waiting than
+ * SLOTS). */
+static int slot_get(uint64_t off, int home, int try_only)
 {
-    pthread_mutex_lock(&slot_lock);
-    int i = -1;
-    for (int k = 0; k < SLOTS && i < 0; k++)
-        if (!slots[k].busy)
-            i = k;
-    if (i >= 0) {
-        slots[i].busy = 1;
-        slots[i].gen++;
-        __atomic_store_n(&slots[i].done, 0, __ATOMIC_RELEASE);
+    for (;;) {
+        uint32_t seen = __atomic_load_n(&slots_freed, __ATOMIC_ACQUIRE);
+        pthread_mutex_lock(&slot_lock);
+        int i = -1;
+        for (int k = 0; k < SLOTS && i < 0; k++)
+            if (!slots[k].busy)
+                i = k;
+        if (i >= 0) {
+            slots[i].busy = 1;
+            slots[i].gen++;
+            slots[i].off = off;
+            slots[i].home = home;
+            slots[i].try_only = try_only;
+            __atomic_store_n(&slots[i].done, 0, __ATOMIC_RELEASE);
+        }
+        pthread_mutex_unlock(&slot_lock);
+        if (i >= 0)
+            return i;
+        dsm_wait_change(&slots_freed, seen, 1000);
     }
-    pthread_mutex_unlock(&slot_lock);
-    return i;
 }
 
 static void slot_put(int i)
@@ -158,6 +172,8 @@ static void slot_put(int i)
     pthread_mutex_lock(&slot_lock);
     slots[i].busy = 0;
     pthread_mutex_unlock(&slot_lock);
+    __atomic_add_fetch(&slots_freed, 1, __ATOMIC_RELEASE);
+    dsm_futex_wake(&slots_freed);
 }
 
 static void grant_arrived(uint64_t cookie, int granted, int src)
@@ -171,13 +187,16 @@ static void grant_arrived(uint64_t cookie, int granted, int src)
     (void)gen;
 }
 
-static int cookie_valid(uint64_t cookie)
+/* Does a grant from src for lock off answer a request this node is waiting on, as asked? */
+static int grant_valid(uint64_t cookie, int src, uint64_t off, int granted)
 {
     uint32_t i = (uint32_t)cookie, gen = (uint32_t)(cookie >> 32);
     if (i >= SLOTS)
         return 0;
     pthread_mutex_lock(&slot_lock);
-    int ok = slots[i].busy && slots[i].gen == gen && !__atomic_load_n(&slots[i].done, __ATOMIC_ACQUIRE);
+    const struct slot *sl = &slots[i];
+    int ok = sl->busy && sl->gen == gen && !__atomic_load_n(&sl->done, __ATOMIC_ACQUIRE) && sl->off == off &&
+             sl->home == src && (granted || sl->try_only);
     pthread_mutex_unlock(&slot_lock);
     return ok;
 }
@@ -308,7 +327,8 @@ static int on_grant(void *arg, int src, uint8_t id, const void *hdr, size_t hl, 
     (void)id;
     (void)p;
     uint64_t off, cookie = hl == 17 ? dsm_le64_get((const uint8_t *)hdr + 8) : 0;
-    if (hl != 17 || len || !lock_off(hdr, src, &off) || ((const uint8_t *)hdr)[16] > 1 || !cookie_valid(cookie)) {
+    if (hl != 17 || len || !lock_off(hdr, src, &off) || ((const uint8_t *)hdr)[16] > 1 ||
+        !grant_valid(cookie, src, off, ((const uint8_t *)hdr)[16])) {
         dsm_err("malformed or unexpected lock grant from node %d", src);
         return DSM_EPROTO;
     }
@@ -382,9 +402,7 @@ static int lock_common(dsm_lock_t *l, int try_only)
     int home, rc = lock_where(l, &off, &home);
     if (rc)
         return rc;
-    int i = slot_get();
-    if (i < 0)
-        return DSM_EBUSY;
+    int i = slot_get(off, home, try_only);
     uint64_t cookie = (uint64_t)slots[i].gen << 32 | (uint32_t)i;
     if (home == dsm_core_rank()) {
         pthread_mutex_lock(&table_lock);

@@ -239,6 +239,17 @@ static int free_local(size_t off)
             }
             ar.allocated -= bsize;
             rc = DSM_OK;
+            if (g->nfree == DSM_PAGE_SIZE / bsize) {
+                /* Empty: back to the page runs, so any size can use it (it is below the high-water mark,
+                 * hence cleared when handed out again). */
+                uint32_t *link = &ar.partial[g->cls];
+                while (*link && *link != (uint32_t)i + 1)
+                    link = &ar.info[*link - 1].next;
+                if (*link)
+                    *link = g->next;
+                g->use = PG_FREE;
+                rc = run_put(i, 1);
+            }
         }
     } else if (g->use == PG_RUN_HEAD && in == 0) {
         size_t n = g->run;

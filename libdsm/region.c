@@ -184,7 +184,7 @@ int dsm_region_grow(size_t end)
     c->from = r->mapped;
     c->to = to;
     c->next = chunks;
-    chunks = c;
+    __atomic_store_n(&chunks, c, __ATOMIC_RELEASE); /* readers (atomic.c) walk it without a lock */
     for (size_t p = r->mapped >> DSM_PAGE_SHIFT; p < to >> DSM_PAGE_SHIFT; p++)
         r->home[p] = -1;
     __atomic_store_n(&r->mapped, to, __ATOMIC_RELEASE);
@@ -207,7 +207,7 @@ int dsm_region_span(const void *addr, size_t len, size_t *first_p, size_t *n_p)
 const dsm_mreg_t *dsm_region_mreg(size_t p, uint64_t *off_p)
 {
     size_t off = p << DSM_PAGE_SHIFT;
-    for (struct chunk *c = chunks; c; c = c->next)
+    for (struct chunk *c = __atomic_load_n(&chunks, __ATOMIC_ACQUIRE); c; c = c->next)
         if (off >= c->from && off < c->to) {
             *off_p = off - c->from;
             return c->mreg;

@@ -72,6 +72,21 @@ int main(int argc, char **argv)
         MT_CHECK(b[i] == 0, "reused memory is not zero at %zu: %llu", i, (unsigned long long)b[i]);
     MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
 
+    /* Freed memory reused with other homes: no node's old copy may leak into the new allocation. */
+    MT_CHECK(dsm_dealloc((void *)b) == DSM_OK, "dealloc");
+    volatile uint64_t *c1 = dsm_alloc(total * sizeof *c1);
+    MT_CHECK(c1 != NULL, "alloc");
+    for (size_t i = (size_t)me * PER_NODE; i < (size_t)(me + 1) * PER_NODE; i++)
+        c1[i] = 0xdead0000u + i;
+    MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
+    MT_CHECK(dsm_dealloc((void *)c1) == DSM_OK, "dealloc");
+    b = dsm_alloc_home(total * sizeof *b, n - 1);
+    MT_CHECK(b != NULL, "alloc_home over the freed range");
+    for (size_t i = 0; i < total; i++)
+        MT_CHECK(b[i] == 0, "memory reused under another home holds old data at word %zu: %llx", i,
+                 (unsigned long long)b[i]);
+    MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
+
     /* Errors, on every node alike. */
     MT_CHECK(dsm_alloc(0) == NULL && dsm_last_error() == DSM_EINVAL, "dsm_alloc(0)");
     MT_CHECK(dsm_alloc(1ull << 50) == NULL && dsm_last_error() == DSM_ENOMEM, "dsm_alloc beyond the range");

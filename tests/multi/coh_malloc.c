@@ -36,6 +36,8 @@ static void *thread_allocs(void *arg)
 
 int main(int argc, char **argv)
 {
+    /* A small range, so one node's arena (half of it over the nodes) can be filled in the test. */
+    setenv("DSM_HEAP_SIZE", "64M", 1);
     mt_init(&argc, &argv);
     int me = dsm_rank(), n = dsm_size();
     uint8_t *(*table)[K] = dsm_alloc((size_t)n * sizeof *table);
@@ -92,6 +94,19 @@ int main(int argc, char **argv)
         }
     for (int a = 0; a < 4 * 64; a++)
         dsm_free(th[a / 64][a % 64]);
+
+    /* Fill the arena with small blocks, free them all: a large block must fit again (empty slab pages go back). */
+    size_t arena = dsm_region.arena_pages * 4096, nb = 0, cap = arena / 2048 + 16;
+    void **small = malloc(cap * sizeof *small);
+    while (nb < cap && (small[nb] = dsm_malloc(2048)))
+        nb++;
+    MT_CHECK(nb > 0 && nb < cap && dsm_last_error() == DSM_ENOMEM, "the arena fills up (%zu blocks)", nb);
+    for (size_t i = 0; i < nb; i++)
+        dsm_free(small[i]);
+    free(small);
+    void *large = dsm_malloc(arena / 2);
+    MT_CHECK(large != NULL, "after freeing every small block, half the arena (%zu bytes) is free again", arena / 2);
+    dsm_free(large);
 
     /* Errors. */
     MT_CHECK(dsm_malloc(0) == NULL && dsm_last_error() == DSM_EINVAL, "dsm_malloc(0)");

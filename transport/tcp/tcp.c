@@ -377,18 +377,27 @@ static int conn_send_wait(dsm_tp_t *tp, struct tcp_conn *c, const dsm_wire_hdr_t
         return sent < total ? DSM_ENODE : DSM_OK;
     }
     for (;;) {
-        usleep(50);
+        /* Drain the queue from here: the progress thread may be waiting for a lock this thread holds (a home
+         * serving its own fault), so it cannot be relied on to make room. */
+        pthread_mutex_lock(&c->slock);
+        int broken = flush_queue_locked(tp, c) < 0;
+        size_t room = c->scap - c->stail + c->shead;
+        pthread_mutex_unlock(&c->slock);
+        if (broken) {
+            if (c->peer >= 0 && !c->left)
+                tp->core->peer_lost(c->peer, "connection failed");
+            return DSM_ENODE;
+        }
+        size_t need = DSM_WIRE_HDR_SIZE + l1 + l2 + l3;
+        if (room >= need)
+            return conn_send(tp, c, h, p1, l1, p2, l2, p3, l3);
         if (now_ms() > deadline) {
             if (c->peer >= 0)
                 tp->core->peer_lost(c->peer, "send queue full for DSM_TIMEOUT");
             return DSM_ETIMEDOUT;
         }
-        pthread_mutex_lock(&c->slock);
-        size_t room = c->scap - c->stail + c->shead;
-        pthread_mutex_unlock(&c->slock);
-        size_t need = DSM_WIRE_HDR_SIZE + l1 + l2 + l3;
-        if (room >= need)
-            return conn_send(tp, c, h, p1, l1, p2, l2, p3, l3);
+        struct pollfd pf = {.fd = c->fd, .events = POLLOUT};
+        poll(&pf, 1, 10);
     }
 }
 
