@@ -817,9 +817,12 @@ int main(int argc, char **argv)
 
     int code = run.exit_code;
     if (!run.serve) {
-        /* The cause; else a rank that saw the cause; only then one that dsmrun stopped. */
+        /* The cause; else the signal dsmrun was stopped with; else a rank that saw the cause; only then one
+         * that dsmrun stopped. */
         if (run.first_fail >= 0)
             code = run.rk[run.first_fail].status;
+        else if (run.stop_signal)
+            code = 128 + run.stop_signal;
         else if (run.first_secondary >= 0)
             code = run.rk[run.first_secondary].status;
         else if (!code)
