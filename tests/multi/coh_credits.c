@@ -70,11 +70,7 @@ int main(int argc, char **argv)
             blocks[((size_t)me * THREADS + t) * ITERS + i] = dsm_malloc(24);
     MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
     MT_CHECK(dsm_prefetch(far, pages * 4096, me % 2 ? DSM_WRITE : DSM_READ) == DSM_OK, "prefetch");
-    pthread_t th[THREADS];
-    for (uintptr_t t = 0; t < THREADS; t++)
-        pthread_create(&th[t], NULL, worker, (void *)t);
-    for (int t = 0; t < THREADS; t++)
-        pthread_join(th[t], NULL);
+    mt_run_threads(THREADS, worker);
     MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
     uint64_t want = (uint64_t)n * THREADS * ITERS;
     MT_CHECK(*counter == want, "counter %llu, want %llu", (unsigned long long)*counter, (unsigned long long)want);

@@ -76,11 +76,7 @@ int main(int argc, char **argv)
         dsm_dir_debug_drop_inv = 3;
     mem = dsm_alloc(WORDS * sizeof *mem);
     MT_CHECK(mem != NULL, "alloc");
-    pthread_t th[THREADS];
-    for (uintptr_t t = 0; t < THREADS; t++)
-        pthread_create(&th[t], NULL, worker, (void *)t);
-    for (int t = 0; t < THREADS; t++)
-        pthread_join(th[t], NULL);
+    mt_run_threads(THREADS, worker);
     MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
 
     /* Replay every writer to know the final image. */

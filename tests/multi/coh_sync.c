@@ -50,11 +50,7 @@ int main(int argc, char **argv)
         MT_CHECK(dsm_lock_init(&sh->lock) == DSM_OK, "lock init");
     MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
 
-    pthread_t th[THREADS];
-    for (int t = 0; t < THREADS; t++)
-        pthread_create(&th[t], NULL, worker, NULL);
-    for (int t = 0; t < THREADS; t++)
-        pthread_join(th[t], NULL);
+    mt_run_threads(THREADS, worker);
     MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
     uint64_t want = (uint64_t)n * THREADS * ITERS;
     MT_CHECK(sh->under_lock == want, "counter under the lock: %llu, want %llu", (unsigned long long)sh->under_lock,

@@ -7,6 +7,7 @@
 #ifndef DSM_MT_H
 #define DSM_MT_H
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,6 +69,16 @@ static inline void mt_finalize(void)
         fprintf(stderr, "dsm_finalize failed: %s\n", dsm_strerror(rc));
         exit(1);
     }
+}
+
+/* Run fn(i) on k threads, i = 0..k-1, and join them all (k at most 64). */
+static inline void mt_run_threads(int k, void *(*fn)(void *))
+{
+    pthread_t th[64];
+    for (intptr_t i = 0; i < k; i++)
+        pthread_create(&th[i], NULL, fn, (void *)i);
+    for (int i = 0; i < k; i++)
+        pthread_join(th[i], NULL);
 }
 
 /* A byte of a test pattern that depends on everything that identifies the message. */

@@ -60,11 +60,7 @@ int main(int argc, char **argv)
     expect = calloc((size_t)n, sizeof *expect);
     MT_CHECK(dsm_am_register(AM_T, on_msg, NULL) == DSM_OK, "register");
     MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
-    pthread_t th[THREADS];
-    for (uintptr_t t = 0; t < THREADS; t++)
-        pthread_create(&th[t], NULL, sender, (void *)t);
-    for (int t = 0; t < THREADS; t++)
-        pthread_join(th[t], NULL);
+    mt_run_threads(THREADS, sender);
     uint32_t want = (uint32_t)(n - 1) * THREADS * MSGS;
     mt_wait_at_least(&received, want, "messages from all threads");
     MT_CHECK(dsm_barrier() == DSM_OK, "barrier");

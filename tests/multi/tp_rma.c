@@ -110,11 +110,7 @@ int main(int argc, char **argv)
 
     /* Concurrent callers. */
     MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
-    pthread_t th[THREADS];
-    for (uintptr_t t = 0; t < THREADS; t++)
-        pthread_create(&th[t], NULL, worker, (void *)t);
-    for (int t = 0; t < THREADS; t++)
-        pthread_join(th[t], NULL);
+    mt_run_threads(THREADS, worker);
     MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
     uint64_t want = (uint64_t)(n - 1) * THREADS * ATOMICS, v[2];
     if (me == 0) {
