@@ -9,6 +9,8 @@
  *   LOCK_GRANT home -> node  u64 offset, u64 cookie, u8 granted (0 only for a try that found it held)
  *   UNLOCK    node -> home   u64 offset (channel REL, credit.c)
  *   UNLOCK_ACK home -> node  u64 offset: gives the release credit back
+ *   LOCK_RESET node -> home  u64 offset (REL; answered by UNLOCK_ACK): dsm_lock_init and dsm_lock_destroy
+ *          forget whatever state the home kept for that address (a lock destroyed while held, memory reused)
  * LOCK_REQ travels on the REQ channel: a waiting request holds its credit until the grant.
  *
  * Data written under the lock reaches the next holder through coherence: the writer's pages are recalled from
@@ -32,7 +34,7 @@
 #define LOCK_MAGIC 0x016b636f6c6d7364ull /* "dsmlock\1" */
 #define LOCK_CREATED 1u
 
-enum { AM_LOCK_REQ = 20, AM_LOCK_GRANT = 21, AM_UNLOCK = 22, AM_UNLOCK_ACK = 23 };
+enum { AM_LOCK_REQ = 20, AM_LOCK_GRANT = 21, AM_UNLOCK = 22, AM_UNLOCK_ACK = 23, AM_LOCK_RESET = 24 };
 
 _Static_assert(sizeof(dsm_lock_t) <= 40, "dsm_lock_t must fit in a pthread_mutex_t");
 
@@ -124,6 +126,29 @@ static int home_unlock(int src, uint64_t off)
     send_grant(w->node, off, w->cookie, 1);
     free(w);
     return 0;
+}
+
+/* Forget the state kept for a lock. Table locked. Waiters of a lock re-initialized under them are a usage
+ * error; they are dropped with the state (and warned about). */
+static void home_reset(uint64_t off)
+{
+    struct hlock **b = &table[(off >> 3) % HBUCKETS];
+    for (struct hlock **hp = b; *hp; hp = &(*hp)->next) {
+        struct hlock *h = *hp;
+        if (h->off != off)
+            continue;
+        if (h->held || h->head)
+            dsm_warn("lock at %p initialized or destroyed while held (node %d) or waited for; its state is dropped",
+                     (void *)(dsm_region.app + off), h->holder);
+        *hp = h->next;
+        while (h->head) {
+            struct waiter *w = h->head;
+            h->head = w->next;
+            free(w);
+        }
+        free(h);
+        return;
+    }
 }
 
 /* ---- at the requester ---- */
@@ -307,6 +332,25 @@ static int on_unlock(void *arg, int src, uint8_t id, const void *hdr, size_t hl,
     return dsm_am_send(src, AM_UNLOCK_ACK, hdr, 8, NULL, 0);
 }
 
+static int on_lock_reset(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *p, size_t len)
+{
+    (void)arg;
+    (void)id;
+    (void)p;
+    uint64_t off;
+    if (hl != 8 || len || !lock_off(hdr, dsm_core_rank(), &off)) {
+        dsm_err("malformed lock reset from node %d", src);
+        return DSM_EPROTO;
+    }
+    if (dsm_credit_received(src, DSM_CHAN_REL) != DSM_OK)
+        return DSM_EPROTO;
+    pthread_mutex_lock(&table_lock);
+    home_reset(off);
+    pthread_mutex_unlock(&table_lock);
+    dsm_credit_answered(src, DSM_CHAN_REL);
+    return dsm_am_send(src, AM_UNLOCK_ACK, hdr, 8, NULL, 0);
+}
+
 static int on_unlock_ack(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *p, size_t len)
 {
     (void)arg;
@@ -342,7 +386,8 @@ int dsm_lock_setup(void)
     int rc;
     if ((rc = dsm_am_register(AM_LOCK_REQ, on_lock_req, NULL)) || (rc = dsm_am_register(AM_UNLOCK, on_unlock, NULL)) ||
         (rc = dsm_am_register(AM_LOCK_GRANT, on_grant, NULL)) ||
-        (rc = dsm_am_register(AM_UNLOCK_ACK, on_unlock_ack, NULL)))
+        (rc = dsm_am_register(AM_UNLOCK_ACK, on_unlock_ack, NULL)) ||
+        (rc = dsm_am_register(AM_LOCK_RESET, on_lock_reset, NULL)))
         return rc;
     return DSM_OK;
 }
@@ -384,6 +429,21 @@ static int lock_where(dsm_lock_t *l, uint64_t *off_p, int *home_p)
     return DSM_OK;
 }
 
+/* Make the home forget any state for the lock at off (a fresh lock starts free). */
+static void reset_at_home(uint64_t off, int home)
+{
+    if (home == dsm_core_rank()) {
+        pthread_mutex_lock(&table_lock);
+        home_reset(off);
+        pthread_mutex_unlock(&table_lock);
+        return;
+    }
+    uint8_t h[8];
+    dsm_le64_put(h, off);
+    if (dsm_chan_send(home, DSM_CHAN_REL, AM_LOCK_RESET, h, sizeof h, NULL, 0) != DSM_OK)
+        dsm_fail_stop(home, "cannot send a lock reset");
+}
+
 DSM_API int dsm_lock_init(dsm_lock_t *l)
 {
     size_t p;
@@ -393,6 +453,7 @@ DSM_API int dsm_lock_init(dsm_lock_t *l)
         return DSM_EINVAL;
     memset(l, 0, sizeof *l);
     ((volatile struct lk *)l)->magic = LOCK_MAGIC;
+    reset_at_home((uint64_t)((uintptr_t)l - (uintptr_t)dsm_region.app), dsm_page_home(p));
     return DSM_OK;
 }
 
@@ -473,6 +534,8 @@ DSM_API int dsm_lock_destroy(dsm_lock_t *l)
         return dsm_dealloc(l);
     }
     ((volatile struct lk *)l)->magic = 0;
+    held_remove(off);
+    reset_at_home(off, home);
     return DSM_OK;
 }
 

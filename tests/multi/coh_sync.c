@@ -17,6 +17,7 @@
 
 struct shared {
     dsm_lock_t lock;
+    dsm_lock_t lock2;
     uint64_t under_lock;
     uint64_t pad[64];
     uint64_t fadd; /* another cache line, same page */
@@ -93,6 +94,16 @@ int main(int argc, char **argv)
     MT_CHECK(dsm_trylock(&sh->lock) == DSM_OK || n > 1, "trylock of a free lock");
     dsm_lock_t priv;
     MT_CHECK(dsm_lock(&priv) == DSM_EINVAL, "a lock outside shared memory is DSM_EINVAL");
+    MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
+
+    /* A lock destroyed while held (a usage error) and initialized again starts free: the home forgot it. */
+    if (me == 0) { /* the lock's home is node n - 1: a remote reset when n > 1 */
+        MT_CHECK(dsm_lock_init(&sh->lock2) == DSM_OK && dsm_lock(&sh->lock2) == DSM_OK, "lock");
+        MT_CHECK(dsm_lock_destroy(&sh->lock2) == DSM_OK, "destroy while held");
+        MT_CHECK(dsm_lock_init(&sh->lock2) == DSM_OK, "init again");
+        MT_CHECK(dsm_trylock(&sh->lock2) == DSM_OK, "a re-initialized lock is free");
+        MT_CHECK(dsm_unlock(&sh->lock2) == DSM_OK, "unlock");
+    }
     MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
 
     dsm_lock_t *cl = dsm_lock_create();
