@@ -36,8 +36,17 @@ static void *thread_allocs(void *arg)
 
 int main(int argc, char **argv)
 {
-    /* A small range, so one node's arena (half of it over the nodes) can be filled in the test. */
-    setenv("DSM_HEAP_SIZE", "64M", 1);
+    /* A small range, so one node's arena (half of it over the nodes) can be filled in the test: 4 MiB of
+     * arena per node. Every rank computes the same size from the launcher's job size variable. */
+    const char *sz = getenv("DSM_SIZE");
+    if (!sz)
+        sz = getenv("OMPI_COMM_WORLD_SIZE");
+    if (!sz)
+        sz = getenv("SLURM_NTASKS");
+    long nodes = sz ? atol(sz) : 1;
+    char heap[32];
+    snprintf(heap, sizeof heap, "%ldM", 2 * 4 * (nodes > 0 ? nodes : 1));
+    setenv("DSM_HEAP_SIZE", heap, 1);
     mt_init(&argc, &argv);
     int me = dsm_rank(), n = dsm_size();
     uint8_t *(*table)[K] = dsm_alloc((size_t)n * sizeof *table);
