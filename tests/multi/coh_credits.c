@@ -3,7 +3,8 @@
  * Channels and credits (libdsm/credit.c) with a window of 2 messages per peer: a prefetch of many pages from
  * one home, eight threads per node queueing for one lock (their requests hold every REQ credit while the holder
  * must still release on REL), and frees from other nodes, all at once; nothing may deadlock and the totals are
- * exact. With --flood, rank 1 sends without credits and its peer must refuse it (job fails, naming rank 1).
+ * exact. With --flood, rank 1 sends lock requests without credits and the home must refuse it (the job fails,
+ * naming rank 1).
  */
 #include "config.h"
 
@@ -32,6 +33,13 @@ static void *worker(void *arg)
     return NULL;
 }
 
+static void *flood_worker(void *arg)
+{
+    (void)arg;
+    dsm_lock(lk); /* never granted: the job must fail first */
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
     int flood = argc > 1 && !strcmp(argv[1], "--flood");
@@ -50,13 +58,15 @@ int main(int argc, char **argv)
     uint8_t *far = dsm_alloc_home(pages * 4096, 0);
     MT_CHECK(far != NULL, "alloc");
     if (flood) {
-        /* Node 2 owns every page, so each request must wait at the home for a recall: they pile up. */
-        MT_CHECK(n >= 3, "--flood needs 3 nodes");
-        if (me == 2)
-            MT_CHECK(dsm_prefetch(far, pages * 4096, DSM_WRITE) == DSM_OK, "prefetch");
+        /* Rank 0 (the lock's home) holds the lock, so every request for it waits at the home: eight threads of
+         * rank 1 asking at once put eight requests there, beyond the window of 2, whatever the timing. */
+        lk = dsm_lock_create();
+        MT_CHECK(lk != NULL, "lock");
+        if (me == 0)
+            MT_CHECK(dsm_lock(lk) == DSM_OK, "lock");
         MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
         if (me == 1)
-            dsm_prefetch(far, pages * 4096, DSM_WRITE); /* 64 requests at once, window 2 */
+            mt_run_threads(THREADS, flood_worker);
         MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
         fprintf(stderr, "rank %d: the flood was not refused\n", me);
         return 3;

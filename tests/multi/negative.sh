@@ -21,7 +21,7 @@ for t in coh_litmus coh_stress; do
 done
 # A peer that ignores its credits floods its home with requests: refused, the job fails naming it.
 n=$((n + 1))
-out=$("$dsmrun" --tag-output --timeout 300 -n 3 "$top/tests/multi/coh_credits" --flood 2>&1)
+out=$("$dsmrun" --tag-output --timeout 300 -n 2 "$top/tests/multi/coh_credits" --flood 2>&1)
 rc=$?
 if [ $rc != 0 ] && [ $rc != 124 ] && grep -q "node 1 has more than 2 unanswered requests here" <<<"$out" &&
    grep -q "libdsm: node 1 lost" <<<"$out"; then
