@@ -25,8 +25,3 @@ const struct dsm_tp_ops *dsm_tp_lookup(const char *name)
             return built[i];
     return NULL;
 }
-
-int dsm_tp_is_built(const char *name)
-{
-    return dsm_tp_lookup(name) != NULL;
-}

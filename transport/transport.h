@@ -158,7 +158,5 @@ struct dsm_tp_ops {
 extern const char *const dsm_tp_known_names[];
 /* The ops of a built provider, or NULL when name is unknown or was not built. */
 const struct dsm_tp_ops *dsm_tp_lookup(const char *name);
-/* Was the provider built? */
-int dsm_tp_is_built(const char *name);
 
 #endif /* DSM_TRANSPORT_H */
