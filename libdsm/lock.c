@@ -309,44 +309,30 @@ static int on_lock_req(void *arg, int src, uint8_t id, const void *hdr, size_t h
     return DSM_OK;
 }
 
-static int on_unlock(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *p, size_t len)
+/* UNLOCK and LOCK_RESET: the two releases (channel REL), both answered by UNLOCK_ACK. */
+static int on_release(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *p, size_t len)
 {
     (void)arg;
-    (void)id;
     (void)p;
+    const char *what = id == AM_UNLOCK ? "unlock" : "lock reset";
     uint64_t off;
     if (hl != 8 || len || !lock_off(hdr, dsm_core_rank(), &off)) {
-        dsm_err("malformed unlock from node %d", src);
+        dsm_err("malformed %s from node %d", what, src);
         return DSM_EPROTO;
     }
     if (dsm_credit_received(src, DSM_CHAN_REL) != DSM_OK)
         return DSM_EPROTO;
+    int rc = 0;
     pthread_mutex_lock(&table_lock);
-    int rc = home_unlock(src, off);
+    if (id == AM_UNLOCK)
+        rc = home_unlock(src, off);
+    else
+        home_reset(off);
     pthread_mutex_unlock(&table_lock);
     if (rc) {
         dsm_err("node %d unlocked a lock it does not hold (offset %llu)", src, (unsigned long long)off);
         return DSM_EPROTO;
     }
-    dsm_credit_answered(src, DSM_CHAN_REL);
-    return dsm_am_send(src, AM_UNLOCK_ACK, hdr, 8, NULL, 0);
-}
-
-static int on_lock_reset(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *p, size_t len)
-{
-    (void)arg;
-    (void)id;
-    (void)p;
-    uint64_t off;
-    if (hl != 8 || len || !lock_off(hdr, dsm_core_rank(), &off)) {
-        dsm_err("malformed lock reset from node %d", src);
-        return DSM_EPROTO;
-    }
-    if (dsm_credit_received(src, DSM_CHAN_REL) != DSM_OK)
-        return DSM_EPROTO;
-    pthread_mutex_lock(&table_lock);
-    home_reset(off);
-    pthread_mutex_unlock(&table_lock);
     dsm_credit_answered(src, DSM_CHAN_REL);
     return dsm_am_send(src, AM_UNLOCK_ACK, hdr, 8, NULL, 0);
 }
@@ -384,10 +370,10 @@ static int on_grant(void *arg, int src, uint8_t id, const void *hdr, size_t hl, 
 int dsm_lock_setup(void)
 {
     int rc;
-    if ((rc = dsm_am_register(AM_LOCK_REQ, on_lock_req, NULL)) || (rc = dsm_am_register(AM_UNLOCK, on_unlock, NULL)) ||
+    if ((rc = dsm_am_register(AM_LOCK_REQ, on_lock_req, NULL)) || (rc = dsm_am_register(AM_UNLOCK, on_release, NULL)) ||
         (rc = dsm_am_register(AM_LOCK_GRANT, on_grant, NULL)) ||
         (rc = dsm_am_register(AM_UNLOCK_ACK, on_unlock_ack, NULL)) ||
-        (rc = dsm_am_register(AM_LOCK_RESET, on_lock_reset, NULL)))
+        (rc = dsm_am_register(AM_LOCK_RESET, on_release, NULL)))
         return rc;
     return DSM_OK;
 }
