@@ -45,8 +45,9 @@ int dsm_am_register(uint8_t am_id, dsm_tp_am_fn_t fn, void *arg);
 /* Send to peer (self runs the handler in the calling thread). */
 int dsm_am_send(int peer, uint8_t am_id, const void *hdr, size_t hdr_len, const void *payload, size_t len);
 
-/* Collective: register [addr, addr+len) with every provider in use and exchange keys through the rendezvous. */
-int dsm_mreg_create(void *addr, size_t len, dsm_mreg_t **mreg_p);
+/* Collective: register [addr, addr+len), a MAP_SHARED mapping of fd from fd_off, with every provider in use and
+ * exchange keys through the rendezvous. */
+int dsm_mreg_create(void *addr, size_t len, int fd, uint64_t fd_off, dsm_mreg_t **mreg_p);
 /* Collective. */
 int dsm_mreg_destroy(dsm_mreg_t *mreg);
 /* Free the record of a registration whose provider is already gone (teardown). */

@@ -242,9 +242,9 @@ int dsm_am_send(int peer, uint8_t am_id, const void *hdr, size_t hdr_len, const 
 
 /* ---- registrations and one-sided operations ---- */
 
-int dsm_mreg_create(void *addr, size_t len, dsm_mreg_t **mreg_p)
+int dsm_mreg_create(void *addr, size_t len, int fd, uint64_t fd_off, dsm_mreg_t **mreg_p)
 {
-    if (!core.up || !addr || !len)
+    if (!core.up || !addr || !len || fd < 0)
         return DSM_EINVAL;
     dsm_mreg_t *m = calloc(1, sizeof *m);
     if (!m || !(m->rkey = calloc((size_t)core.size, sizeof *m->rkey))) {
@@ -256,7 +256,7 @@ int dsm_mreg_create(void *addr, size_t len, dsm_mreg_t **mreg_p)
     int rc = DSM_OK, nreg = 0;
     for (; nreg < core.ntp && rc == DSM_OK; nreg++)
         if (core.tp[nreg].used)
-            rc = core.tp[nreg].ops->mem_reg(core.tp[nreg].tp, addr, len, &m->mr[nreg]);
+            rc = core.tp[nreg].ops->mem_reg(core.tp[nreg].tp, addr, len, fd, fd_off, &m->mr[nreg]);
     /* Publish one key per provider, whether or not registration worked, so no node waits for a missing key.
      * Registrations are collective, so a per-node sequence number names this one on every node. */
     static unsigned seq;
@@ -546,6 +546,8 @@ static int tp_select(char *err, size_t err_len)
                 goto out;
             }
             if (n == 0)
+                continue;
+            if (core.tp[i].ops->reach && !core.tp[i].ops->reach(core.tp[i].tp, p, buf, n))
                 continue;
             if (!(addrs[i][p] = malloc(n))) {
                 rc = DSM_ENOMEM;

@@ -174,7 +174,7 @@ int dsm_region_grow(size_t end)
     int rc = map_views(r->mapped, to);
     /* Registration is collective; every node grows in the same calls, so every node reaches it, also after a
      * local failure, and the failure is then reported by all. */
-    int mrc = dsm_mreg_create(r->sys + r->mapped, to - r->mapped, &c->mreg);
+    int mrc = dsm_mreg_create(r->sys + r->mapped, to - r->mapped, r->memfd, r->mapped, &c->mreg);
     if (rc == DSM_OK && mrc != DSM_OK)
         rc = mrc;
     if (rc != DSM_OK) {

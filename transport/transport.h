@@ -26,7 +26,9 @@
  *   progress    Moves data, runs handlers and completions; waits at most timeout_ms for an event.
  * Buffers given to put/get/atomic belong to the provider until the request completes (STYLE.md 5).
  * Registered memory (mem_reg) may be the target of peers' put/get/atomic; its key (dsm_tp_rkey_t) travels
- * through the rendezvous or an active message, and is validated by the target on every use.
+ * through the rendezvous or an active message, and is validated by the target on every use. Registered memory
+ * is a MAP_SHARED mapping of a file descriptor (the region's memfd), given with its offset, so a provider whose
+ * peers share this host (shm) can map it in their address spaces; other providers ignore the descriptor.
  */
 #ifndef DSM_TRANSPORT_H
 #define DSM_TRANSPORT_H
@@ -34,7 +36,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DSM_TP_ABI_VERSION 1
+#define DSM_TP_ABI_VERSION 2
 
 /* Largest active-message header and payload every provider must accept. */
 #define DSM_TP_AM_HDR_MAX 256u
@@ -129,9 +131,13 @@ struct dsm_tp_ops {
      * or core->timeout_ms passed. Connections are made in both directions' agreement (both ends call it with
      * each other in their lists). */
     int (*connect)(dsm_tp_t *tp, const void *const *addr, const size_t *addr_len);
+    /* Optional (NULL: every peer that published an address). Can this provider reach the peer that published
+     * addr? Must give the same answer at both ends of a pair (shm: same host), since both choose alone. */
+    int (*reach)(dsm_tp_t *tp, int peer, const void *addr, size_t addr_len);
     int (*am_send)(dsm_tp_t *tp, int peer, uint8_t am_id, const void *hdr, size_t hdr_len, const void *payload,
                    size_t len);
-    int (*mem_reg)(dsm_tp_t *tp, void *addr, size_t len, dsm_tp_mr_t *mr);
+    /* Register [addr, addr+len), which maps fd from fd_off (MAP_SHARED). The provider may dup fd, never keeps it. */
+    int (*mem_reg)(dsm_tp_t *tp, void *addr, size_t len, int fd, uint64_t fd_off, dsm_tp_mr_t *mr);
     int (*mem_dereg)(dsm_tp_t *tp, dsm_tp_mr_t *mr);
     int (*put)(dsm_tp_t *tp, int peer, const void *src, size_t len, const dsm_tp_rkey_t *rkey, uint64_t offset,
                dsm_tp_req_t *req);

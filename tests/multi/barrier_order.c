@@ -14,10 +14,10 @@ int main(int argc, char **argv)
 {
     mt_init(&argc, &argv);
     int me = dsm_rank(), n = dsm_size();
-    uint64_t *ctr = aligned_alloc(4096, 4096);
-    memset(ctr, 0, ITERS * 8);
+    int fd;
+    uint64_t *ctr = mt_shared_alloc(4096, &fd);
     dsm_mreg_t *m;
-    MT_CHECK(dsm_mreg_create(ctr, ITERS * 8, &m) == DSM_OK, "registration");
+    MT_CHECK(dsm_mreg_create(ctr, ITERS * 8, fd, 0, &m) == DSM_OK, "registration");
     srand((unsigned)(me * 7919 + 1));
     for (int it = 0; it < ITERS; it++) {
         /* The late node changes every time; the others wait a little at random. */
@@ -41,7 +41,6 @@ int main(int argc, char **argv)
     MT_CHECK(dsm_mreg_destroy(m) == DSM_OK, "deregister");
     if (me == 0)
         printf("barrier order ok: %d barriers of %d nodes\n", ITERS, n);
-    free(ctr);
     mt_finalize();
     return 0;
 }

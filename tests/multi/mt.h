@@ -12,7 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "dsm.h"
 #include "libdsm/core.h"
@@ -79,6 +81,17 @@ static inline void mt_run_threads(int k, void *(*fn)(void *))
         pthread_create(&th[i], NULL, fn, (void *)i);
     for (int i = 0; i < k; i++)
         pthread_join(th[i], NULL);
+}
+
+/* Zeroed memory that can be registered (dsm_mreg_create wants a MAP_SHARED mapping of a file descriptor). */
+static inline void *mt_shared_alloc(size_t len, int *fd_p)
+{
+    int fd = memfd_create("dsm-test", MFD_CLOEXEC);
+    MT_CHECK(fd >= 0 && ftruncate(fd, (off_t)len) == 0, "memfd of %zu bytes", len);
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    MT_CHECK(p != MAP_FAILED, "mapping %zu bytes", len);
+    *fd_p = fd;
+    return p;
 }
 
 /* A byte of a test pattern that depends on everything that identifies the message. */

@@ -76,13 +76,12 @@ int main(int argc, char **argv)
     int me = dsm_rank(), n = dsm_size();
     int left = (me + n - 1) % n, right = (me + 1) % n;
     size_t bufsize = (size_t)n * SLOT;
-    mem = aligned_alloc(4096, bufsize);
-    ctr = aligned_alloc(4096, 4096);
-    memset(mem, 0, bufsize);
-    memset(ctr, 0, 4096);
+    int mem_fd, ctr_fd;
+    mem = mt_shared_alloc(bufsize, &mem_fd);
+    ctr = mt_shared_alloc(4096, &ctr_fd);
     MT_CHECK(dsm_am_register(AM_NOTIFY, on_notify, NULL) == DSM_OK, "register");
-    MT_CHECK(dsm_mreg_create(mem, bufsize, &data) == DSM_OK, "registration");
-    MT_CHECK(dsm_mreg_create(ctr, 4096, &words) == DSM_OK, "registration");
+    MT_CHECK(dsm_mreg_create(mem, bufsize, mem_fd, 0, &data) == DSM_OK, "registration");
+    MT_CHECK(dsm_mreg_create(ctr, 4096, ctr_fd, 0, &words) == DSM_OK, "registration");
     size_t slot = (size_t)me * SLOT;
 
     /* A large put to the right neighbour, checked by it locally, then read back with get. */
@@ -149,8 +148,6 @@ int main(int argc, char **argv)
                (unsigned long long)want);
     free(out);
     free(in);
-    free(mem);
-    free(ctr);
     mt_finalize();
     return 0;
 }

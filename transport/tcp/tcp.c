@@ -510,8 +510,10 @@ static void op_done(dsm_tp_t *tp, struct tcp_op *op, int status, uint64_t value)
 
 /* ---- registered memory ---- */
 
-static int tcp_mem_reg(dsm_tp_t *tp, void *addr, size_t len, dsm_tp_mr_t *mr)
+static int tcp_mem_reg(dsm_tp_t *tp, void *addr, size_t len, int fd, uint64_t fd_off, dsm_tp_mr_t *mr)
 {
+    (void)fd; /* TCP serves registrations by copying through its own process */
+    (void)fd_off;
     pthread_rwlock_wrlock(&tp->mrlock);
     size_t i = 0;
     while (i < tp->nmr && tp->mrs[i].used)
