@@ -77,6 +77,9 @@ void dsm_req_init(dsm_tp_req_t *req);
  * Async-signal-safe. */
 __attribute__((noreturn)) void dsm_fail_stop(int node, const char *reason);
 
+/* The provider that reaches peer ("self" for this node), NULL when not up or out of range. */
+const char *dsm_core_peer_transport(int peer);
+
 /* Counters of this node. */
 void dsm_core_stats(dsm_stats_core_t *s);
 

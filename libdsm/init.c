@@ -46,15 +46,19 @@ static struct {
     struct tp_inst tp[DSM_TP_MAX];
     int8_t *peer_tp;  /* [size]: index into tp, -1 for self */
     char tp_name[64];
-    pthread_t progress;
-    int progress_running;
+    pthread_t progress[DSM_TP_MAX];
+    int nprogress;
     int progress_stop;
+    /* With more than one provider in use, each has its own progress thread, and handlers still run one at a
+     * time (they were written for one progress thread). */
+    int dispatch_serial;
+    pthread_mutex_t dispatch_lock;
     struct {
         dsm_tp_am_fn_t fn;
         void *arg;
     } am[256];
     uint64_t msgs_tx, bytes_tx, msgs_rx, bytes_rx, conns_refused;
-} core = {.lock = PTHREAD_MUTEX_INITIALIZER, .rank = -1, .size = -1};
+} core = {.lock = PTHREAD_MUTEX_INITIALIZER, .dispatch_lock = PTHREAD_MUTEX_INITIALIZER, .rank = -1, .size = -1};
 
 int dsm_core_rank(void) { return core.rank; }
 int dsm_core_size(void) { return core.size; }
@@ -183,7 +187,13 @@ static int core_am_dispatch(int src, uint8_t am_id, const void *hdr, size_t hdr_
         dsm_err("message from node %d for handler %u, which is not registered", src, am_id);
         return DSM_EPROTO;
     }
-    return fn(core.am[am_id].arg, src, am_id, hdr, hdr_len, payload, len);
+    int serial = core.dispatch_serial && src != core.rank;
+    if (serial)
+        pthread_mutex_lock(&core.dispatch_lock);
+    int rc = fn(core.am[am_id].arg, src, am_id, hdr, hdr_len, payload, len);
+    if (serial)
+        pthread_mutex_unlock(&core.dispatch_lock);
+    return rc;
 }
 
 static void core_count_tx(size_t bytes)
@@ -210,6 +220,8 @@ static const char *core_setting(const char *name)
 {
     if (strcmp(name, "DSM_TCP_IFACE") == 0)
         return core.cfg.tcp_iface[0] ? core.cfg.tcp_iface : NULL;
+    if (strcmp(name, "DSM_WAIT") == 0)
+        return dsm_wait_name(dsm_wait_mode); /* as chosen at init, also when unset */
     return NULL;
 }
 
@@ -427,15 +439,38 @@ void dsm_core_stats(dsm_stats_core_t *s)
 
 /* ---- progress thread ---- */
 
+/* One per provider in use, so a provider that sleeps in its own wait (epoll, a futex) never delays another. */
 static void *progress_main(void *arg)
 {
-    (void)arg;
-    int slice = 100 / (core.ntp ? core.ntp : 1);
+    struct tp_inst *t = arg;
     while (!__atomic_load_n(&core.progress_stop, __ATOMIC_ACQUIRE))
-        for (int i = 0; i < core.ntp; i++)
-            if (core.tp[i].used)
-                core.tp[i].ops->progress(core.tp[i].tp, slice);
+        t->ops->progress(t->tp, 100);
     return NULL;
+}
+
+static int progress_start(void)
+{
+    int used = 0;
+    for (int i = 0; i < core.ntp; i++)
+        used += core.tp[i].used;
+    core.dispatch_serial = used > 1;
+    for (int i = 0; i < core.ntp; i++) {
+        if (!core.tp[i].used)
+            continue;
+        if (pthread_create(&core.progress[core.nprogress], NULL, progress_main, &core.tp[i]))
+            return DSM_ESYS;
+        core.nprogress++;
+    }
+    return DSM_OK;
+}
+
+const char *dsm_core_peer_transport(int peer)
+{
+    if (!core.up || peer < 0 || peer >= core.size)
+        return NULL;
+    if (peer == core.rank)
+        return "self";
+    return core.tp[core.peer_tp[peer]].ops->name;
 }
 
 /* ---- transport selection ---- */
@@ -483,7 +518,7 @@ static int tp_select(char *err, size_t err_len)
         if (!ops) {
             if (core.cfg.tp_explicit) {
                 snprintf(err, err_len, "DSM_TRANSPORT='%s': transport '%s' was not built into this libdsm "
-                         "(built: tcp; see dsm_info)", core.cfg.tp_list, name);
+                         "(built: %s; see dsm_info)", core.cfg.tp_list, name, dsm_tp_built_names());
                 return DSM_ENOSYS;
             }
             dsm_info("transport %s: not built, skipped", name);
@@ -512,8 +547,8 @@ static int tp_select(char *err, size_t err_len)
             return rc;
     }
     if (core.ntp == 0) {
-        snprintf(err, err_len, "DSM_TRANSPORT='%s' names no transport built into this libdsm (built: tcp)",
-                 core.cfg.tp_list);
+        snprintf(err, err_len, "DSM_TRANSPORT='%s' names no transport built into this libdsm (built: %s)",
+                 core.cfg.tp_list, dsm_tp_built_names());
         return DSM_ENOSYS;
     }
     if ((rc = core.boot.fence(&core.boot)))
@@ -622,11 +657,11 @@ static int ranks_on_this_host(void)
 
 static void teardown(int clean)
 {
-    if (core.progress_running) {
-        __atomic_store_n(&core.progress_stop, 1, __ATOMIC_RELEASE);
-        pthread_join(core.progress, NULL);
-        core.progress_running = 0;
-    }
+    __atomic_store_n(&core.progress_stop, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < core.nprogress; i++)
+        pthread_join(core.progress[i], NULL);
+    core.nprogress = 0;
+    core.dispatch_serial = 0;
     tp_close_all();
     dsm_pg_teardown();
     dsm_dir_teardown();
@@ -718,12 +753,10 @@ DSM_API int dsm_init_version(int api_version, int *argc, char ***argv)
     } else {
         if ((rc = tp_select(err, sizeof err)))
             goto fail;
-        if (pthread_create(&core.progress, NULL, progress_main, NULL)) {
-            rc = DSM_ESYS;
-            snprintf(err, sizeof err, "cannot start the progress thread");
+        if ((rc = progress_start()) != DSM_OK) {
+            snprintf(err, sizeof err, "cannot start a progress thread");
             goto fail;
         }
-        core.progress_running = 1;
     }
     dsm_info("rank %d of %d up, transport %s", core.rank, core.size, core.tp_name);
     pthread_mutex_unlock(&core.lock);

@@ -30,8 +30,6 @@ static const char *info_setting(const char *name)
 
 static const char *not_built_reason(const char *name)
 {
-    if (strcmp(name, "shm") == 0)
-        return "not built: the shared-memory provider is not part of this release yet";
     if (strcmp(name, "rdma") == 0)
         return "not built: the RDMA provider is not part of this release yet";
     return "not built";

@@ -164,5 +164,7 @@ struct dsm_tp_ops {
 extern const char *const dsm_tp_known_names[];
 /* The ops of a built provider, or NULL when name is unknown or was not built. */
 const struct dsm_tp_ops *dsm_tp_lookup(const char *name);
+/* The built providers' names, comma-separated (static). */
+const char *dsm_tp_built_names(void);
 
 #endif /* DSM_TRANSPORT_H */

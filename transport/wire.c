@@ -28,6 +28,8 @@ static const struct {
     [DSM_WIRE_ATOMIC_REP] = {DSM_WIRE_ATOMIC_REP_SIZE, DSM_WIRE_ATOMIC_REP_SIZE, 0},
     [DSM_WIRE_BYE] = {0, 0, 0},
     [DSM_WIRE_LOST] = {4, 4, 0},
+    [DSM_WIRE_FRAG] = {0, 0, 1},
+    [DSM_WIRE_PAD] = {0, 0, 1},
 };
 
 void dsm_wire_hdr_enc(uint8_t *out, const dsm_wire_hdr_t *h)

@@ -43,7 +43,9 @@ enum dsm_wire_type {
     DSM_WIRE_ATOMIC_REP = 10,/* hdr: int32 status + uint64 old value */
     DSM_WIRE_BYE = 11,       /* empty: the sender leaves on purpose */
     DSM_WIRE_LOST = 12,      /* hdr: uint32 node: the sender lost that node and is failing stop */
-    DSM_WIRE_TYPE_MAX = 12
+    DSM_WIRE_FRAG = 13,      /* shm queues: the next part of the AM before it (payload only) */
+    DSM_WIRE_PAD = 14,       /* shm queues: skip payload_len bytes to the end of the ring */
+    DSM_WIRE_TYPE_MAX = 14
 };
 
 typedef struct dsm_wire_hdr {
