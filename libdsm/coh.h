@@ -17,12 +17,21 @@ enum { DSM_PG_I = 0, DSM_PG_S = 1, DSM_PG_M = 2 };
 enum {
     DSM_AM_GETS = 10,       /* node -> home: read miss */
     DSM_AM_GETM = 11,       /* node -> home: write miss or upgrade */
-    DSM_AM_GRANT = 12,      /* home -> node: + u8 mode; payload: the page, or none on an upgrade */
+    DSM_AM_GRANT = 12,      /* home -> node: + u8 mode [| PLACED]; payload: the page, or none (upgrade, placed) */
     DSM_AM_INV = 13,        /* home -> sharer */
     DSM_AM_INV_ACK = 14,    /* sharer -> home */
     DSM_AM_RECALL = 15,     /* home -> owner: + u8 state to keep (S or I) */
-    DSM_AM_RECALL_ACK = 16, /* owner -> home; payload: the page */
+    DSM_AM_RECALL_ACK = 16, /* owner -> home: + u8 0 [| PLACED]; payload: the page, or none when placed */
 };
+
+/* Flag in the last header byte of GRANT and RECALL_ACK: the page is already in the receiver's system view (put
+ * there with put_notify by a provider with RMA_NATIVE, one copy), so the message carries none. */
+#define DSM_COH_PLACED 0x80u
+
+/* Send page p's data (this node's system view) to node to with message id and hdr (hl bytes, whose last byte
+ * takes DSM_COH_PLACED): written straight into to's system view when its provider can and the page is
+ * registered, else as the payload. The caller's protocol keeps the page unchanged until to has handled it. */
+int dsm_coh_send_page(int to, uint8_t id, uint8_t *hdr, size_t hl, size_t p);
 
 /* The page a coherence message names: its header is want bytes starting with the u64 page index, and the page
  * must be coherent shared memory homed on node home. Returns 1 and sets *p_out, or 0 for a malformed message. */
@@ -38,8 +47,9 @@ void dsm_pg_fault(size_t p, int write);
 void dsm_pg_prefetch(size_t first, size_t n, int write);
 /* Is the calling thread inside the page-fault handler? */
 int dsm_pg_in_fault(void);
-/* A grant arrived (or the home granted to itself): data is the page or NULL. */
-int dsm_pg_grant(size_t p, int mode, const void *data);
+/* A grant arrived (or the home granted to itself): data is the page, or NULL when none came or it was placed
+ * (placed = 1: already in the system view). */
+int dsm_pg_grant(size_t p, int mode, const void *data, int placed);
 /* Fetch-add or compare-swap (DSM_TP_ATOMIC_*) on a word of page p, with the page held Modified here for the
  * duration: coherent with plain loads and stores everywhere. Returns the old value. */
 uint64_t dsm_pg_atomic(size_t p, uint64_t *word, int op, uint64_t operand, uint64_t compare);

@@ -55,7 +55,8 @@ void dsm_mreg_forget(dsm_mreg_t *mreg);
 
 /* Non-blocking one-sided operations on peer's part of a collective registration; wait with dsm_req_wait. */
 int dsm_rma_put_nb(int peer, const void *src, size_t len, const dsm_mreg_t *m, uint64_t off, dsm_tp_req_t *req);
-/* As put; then peer's handler am_id runs with hdr once the data is in place. */
+/* As put; then peer's handler am_id runs with hdr once the data is in place. req may be NULL (no completion)
+ * when the caller's protocol keeps src unchanged until that handler has run. */
 int dsm_rma_put_notify_nb(int peer, const void *src, size_t len, const dsm_mreg_t *m, uint64_t off, uint8_t am_id,
                           const void *hdr, size_t hdr_len, dsm_tp_req_t *req);
 int dsm_rma_get_nb(int peer, void *dst, size_t len, const dsm_mreg_t *m, uint64_t off, dsm_tp_req_t *req);
@@ -77,6 +78,8 @@ void dsm_req_init(dsm_tp_req_t *req);
  * Async-signal-safe. */
 __attribute__((noreturn)) void dsm_fail_stop(int node, const char *reason);
 
+/* The capability flags (DSM_TP_CAP_*) of the provider that reaches peer; 0 for this node. */
+uint32_t dsm_core_peer_caps(int peer);
 /* The provider that reaches peer ("self" for this node), NULL when not up or out of range. */
 const char *dsm_core_peer_transport(int peer);
 

@@ -180,7 +180,7 @@ static void send_or_die(int to, uint8_t id, const void *hdr, size_t hl, const vo
 static void grant(size_t p, int to, int mode, int with_data)
 {
     if (to == dsm_core_rank()) {
-        if (dsm_pg_grant(p, mode, NULL) != DSM_OK)
+        if (dsm_pg_grant(p, mode, NULL, 0) != DSM_OK)
             dsm_fail_stop(-1, "internal error: a home granted itself a page it did not ask for");
         return;
     }
@@ -192,8 +192,10 @@ static void grant(size_t p, int to, int mode, int with_data)
         dsm_stats_page_moved(p);
     }
     dsm_credit_answered(to, DSM_CHAN_REQ);
-    send_or_die(to, DSM_AM_GRANT, h, sizeof h, with_data ? dsm_region.sys + (p << DSM_PAGE_SHIFT) : NULL,
-                with_data ? DSM_PAGE_SIZE : 0);
+    int rc = with_data ? dsm_coh_send_page(to, DSM_AM_GRANT, h, sizeof h, p)
+                       : dsm_am_send(to, DSM_AM_GRANT, h, sizeof h, NULL, 0);
+    if (rc != DSM_OK)
+        dsm_fail_stop(to, "cannot send a coherence message");
 }
 
 /* ---- serving ---- */
@@ -362,7 +364,9 @@ static int on_recall_ack(void *arg, int src, uint8_t id, const void *hdr, size_t
     (void)arg;
     (void)id;
     size_t p;
-    if (!dsm_coh_msg_page(hdr, hl, 8, dsm_core_rank(), &p) || len != DSM_PAGE_SIZE) {
+    int placed = hl == 9 && ((const uint8_t *)hdr)[8] == DSM_COH_PLACED;
+    if (!dsm_coh_msg_page(hdr, hl, 9, dsm_core_rank(), &p) || (((const uint8_t *)hdr)[8] & ~DSM_COH_PLACED) ||
+        len != (placed ? 0 : DSM_PAGE_SIZE)) {
         dsm_err("malformed recall ack from node %d", src);
         return DSM_EPROTO;
     }
@@ -373,8 +377,10 @@ static int on_recall_ack(void *arg, int src, uint8_t id, const void *hdr, size_t
         dsm_err("unexpected recall ack from node %d for page %zu", src, p);
         return DSM_EPROTO;
     }
-    /* The home's memory becomes the current copy again. Its own view is I here (the owner was another node). */
-    memcpy(dsm_region.sys + (p << DSM_PAGE_SHIFT), payload, DSM_PAGE_SIZE);
+    /* The home's memory becomes the current copy again (unless the owner placed it there already). Its own
+     * view is I here (the owner was another node). */
+    if (!placed)
+        memcpy(dsm_region.sys + (p << DSM_PAGE_SHIFT), payload, DSM_PAGE_SIZE);
     d->busy = BUSY_NONE;
     clear_sharers(d);
     int r = d->req;

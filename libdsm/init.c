@@ -365,7 +365,8 @@ int dsm_rma_put_notify_nb(int peer, const void *src, size_t len, const dsm_mreg_
         return rc;
     if (am_id == 0 || hdr_len > DSM_TP_AM_HDR_MAX)
         return DSM_EINVAL;
-    dsm_req_init(req);
+    if (req)
+        dsm_req_init(req);
     return PEER_TP(peer)->ops->put_notify(PEER_TP(peer)->tp, peer, src, len, &m->rkey[peer], off, am_id, hdr,
                                           hdr_len, req);
 }
@@ -462,6 +463,13 @@ static int progress_start(void)
         core.nprogress++;
     }
     return DSM_OK;
+}
+
+uint32_t dsm_core_peer_caps(int peer)
+{
+    if (!core.up || peer < 0 || peer >= core.size || peer == core.rank)
+        return 0;
+    return core.tp[core.peer_tp[peer]].ops->caps;
 }
 
 const char *dsm_core_peer_transport(int peer)

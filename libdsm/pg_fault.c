@@ -148,19 +148,20 @@ void dsm_pg_prefetch(size_t first, size_t n, int write)
         dsm_pg_fault(p, write);
 }
 
-int dsm_pg_grant(size_t p, int mode, const void *data)
+int dsm_pg_grant(size_t p, int mode, const void *data, int placed)
 {
     struct pg *g = &pgs[p];
     pg_lock(g);
-    if (!g->want || mode < g->want || (!data && g->state == DSM_PG_I && dsm_page_home(p) != dsm_core_rank())) {
+    if (!g->want || mode < g->want ||
+        (!data && !placed && g->state == DSM_PG_I && dsm_page_home(p) != dsm_core_rank())) {
         /* A grant nobody asked for, or one without data for a copy this node does not have. */
         pg_unlock(g);
         return DSM_EPROTO;
     }
-    if (data) {
+    if (data)
         memcpy(dsm_region.sys + (p << DSM_PAGE_SHIFT), data, DSM_PAGE_SIZE);
+    if (data || placed)
         dsm_ctr_inc(DSM_CTR_PAGE_IN);
-    }
     protect(p, mode);
     g->state = (uint8_t)mode;
     g->want = 0;
@@ -235,12 +236,12 @@ static int on_grant(void *arg, int src, uint8_t id, const void *hdr, size_t hl, 
         dsm_err("malformed page grant from node %d", src);
         return DSM_EPROTO;
     }
-    int mode = ((const uint8_t *)hdr)[8];
-    if (mode != DSM_PG_S && mode != DSM_PG_M) {
-        dsm_err("page grant from node %d has mode %d", src, mode);
+    int mode = ((const uint8_t *)hdr)[8] & ~DSM_COH_PLACED, placed = !!(((const uint8_t *)hdr)[8] & DSM_COH_PLACED);
+    if ((mode != DSM_PG_S && mode != DSM_PG_M) || (placed && len)) {
+        dsm_err("page grant from node %d has mode %d%s", src, mode, placed && len ? " and data twice" : "");
         return DSM_EPROTO;
     }
-    int rc = dsm_pg_grant(p, mode, len ? payload : NULL);
+    int rc = dsm_pg_grant(p, mode, len ? payload : NULL, placed);
     if (rc)
         dsm_err("node %d granted page %zu that this node did not ask for, or without its data", src, p);
     else
@@ -287,7 +288,23 @@ static int on_recall(void *arg, int src, uint8_t id, const void *hdr, size_t hl,
     dsm_ctr_inc(DSM_CTR_RECALL_IN);
     dsm_ctr_inc(DSM_CTR_PAGE_OUT);
     dsm_pg_demote(p, keep);
-    return dsm_am_send(src, DSM_AM_RECALL_ACK, hdr, 8, dsm_region.sys + (p << DSM_PAGE_SHIFT), DSM_PAGE_SIZE);
+    uint8_t ack[9];
+    memcpy(ack, hdr, 8);
+    ack[8] = 0;
+    return dsm_coh_send_page(src, DSM_AM_RECALL_ACK, ack, sizeof ack, p);
+}
+
+int dsm_coh_send_page(int to, uint8_t id, uint8_t *hdr, size_t hl, size_t p)
+{
+    uint8_t *data = dsm_region.sys + (p << DSM_PAGE_SHIFT);
+    uint64_t off;
+    const dsm_mreg_t *m;
+    if ((dsm_core_peer_caps(to) & DSM_TP_CAP_RMA_NATIVE) && (m = dsm_region_mreg(p, &off)) != NULL) {
+        hdr[hl - 1] |= DSM_COH_PLACED;
+        dsm_ctr_inc(DSM_CTR_PAGE_PLACED);
+        return dsm_rma_put_notify_nb(to, data, DSM_PAGE_SIZE, m, off, id, hdr, hl, NULL);
+    }
+    return dsm_am_send(to, id, hdr, hl, data, DSM_PAGE_SIZE);
 }
 
 /* ---- signals ---- */

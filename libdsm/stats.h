@@ -13,6 +13,7 @@ enum {
     DSM_CTR_UPGRADE,     /* S to M */
     DSM_CTR_PAGE_IN,     /* grants that carried a page */
     DSM_CTR_PAGE_OUT,    /* pages this node sent (grants as home, recall answers as owner) */
+    DSM_CTR_PAGE_PLACED, /* of those, written straight into the receiver's memory (one copy, RMA_NATIVE) */
     DSM_CTR_INV_IN,
     DSM_CTR_INV_OUT,
     DSM_CTR_RECALL_IN,

@@ -16,7 +16,8 @@
  *               are delivered in the order am_send returned, exactly once, or the peer is reported lost.
  *   put         The request completes when the data is in the peer's registered memory (remote completion).
  *               No order with other operations; complete it (or flush) before relying on it.
- *   put_notify  As put; then the peer's handler am_id runs with hdr, after the data is in place.
+ *   put_notify  As put; then the peer's handler am_id runs with hdr, after the data is in place. req may be
+ *               NULL: no completion is reported, and the caller keeps src unchanged until the peer's handler ran.
  *   get         The request completes when the data is in dst. The source memory must not change meanwhile.
  *   atomic      64-bit fetch-add or compare-swap on an 8-byte-aligned registered word, performed by one agent
  *               at the target (so atomics on one word are linearizable); the request completes with the old

@@ -34,9 +34,9 @@ check "--tag-output prefixes each rank's lines" \
 
 rc=$(DSM_STATS=1 DSM_LOG_LEVEL=info run -n 3 "$behave" ok)
 check "DSM_STATS=1 prints each node's counts at dsm_finalize (got $rc)" \
-  '[ "$rc" = 0 ] && [ "$(grep -c "^libdsm\[[0-2]\] stats: transport tcp, sent [1-9][0-9]* messages" "$tmp/err")" = 3 ]'
-check "DSM_LOG_LEVEL=info logs each rank's start with rank and pid" \
-  '[ "$(grep -c "^libdsm\[[0-2]:[0-9]*\] info: rank [0-2] of 3 up, transport tcp" "$tmp/err")" = 3 ]'
+  '[ "$rc" = 0 ] && [ "$(grep -c "^libdsm\[[0-2]\] stats: transport shm, sent [1-9][0-9]* messages" "$tmp/err")" = 3 ]'
+check "DSM_LOG_LEVEL=info logs each rank's start with rank and pid; ranks of one host use shm by default" \
+  '[ "$(grep -c "^libdsm\[[0-2]:[0-9]*\] info: rank [0-2] of 3 up, transport shm" "$tmp/err")" = 3 ]'
 
 rc=$(DSM_LOG_LEVEL=info run -n 4 "$top/tests/multi/coh_sync")
 cores=$(nproc)
@@ -105,6 +105,9 @@ check "ranks started by hand with dsmrun --serve: 0 $r0, 1 $r1, server $rs" \
   '[ $r0 = 0 ] && [ $r1 = 0 ] && [ $rs = 0 ] && grep -qx "rank 1 of 2" "$tmp/r1"'
 
 # Fail-stop without a launcher to stop the others: every survivor must notice the lost node, name it and exit.
+# Once per provider of this host; DSM_TIMEOUT is long, so the loss must be seen from the connection itself.
+for tp in shm tcp; do
+export DSM_TRANSPORT=$tp DSM_TIMEOUT=600
 serve 3
 pids=""
 for r in 0 1 2; do
@@ -115,9 +118,9 @@ codes=""
 for p in $pids; do wait $p; codes="$codes $?"; done
 wait $spid
 cat "$tmp/k0" "$tmp/k1" "$tmp/k2" "$tmp/serve.3.err" >"$tmp/err"
-check "kill -9 of rank 1 by hand: rank 1 dies by SIGKILL, ranks 0 and 2 fail stop (exit statuses:$codes)" \
+check "$tp: kill -9 of rank 1 by hand: rank 1 dies by SIGKILL, ranks 0 and 2 fail stop (exit statuses:$codes)" \
   '[ "$codes" = " 1 137 1" ]'
-check "... each survivor names the lost node" \
+check "$tp: ... each survivor names the lost node" \
   'grep -q "libdsm: node 1 lost" "$tmp/k0" && grep -q "libdsm: node 1 lost" "$tmp/k2"'
 
 # Collective calls that do not match: rank 0 waits in one barrier more while rank 1 finalizes and leaves. Rank
@@ -153,8 +156,10 @@ for scenario in "pingpong-kill 1:1" "pingpong-kill 0:0" "lockwait-kill:0"; do
   done
   cat "$tmp/v0" "$tmp/v1" "$tmp/v2" >"$tmp/err"
   want=$(for r in 0 1 2; do [ $r = "$victim" ] && printf ' 137' || printf ' 1'; done)
-  check "$mode: kill -9 of rank $victim; the others fail stop (exit statuses:$codes)" '[ "$codes" = "$want" ]'
-  check "$mode: ... each naming node $victim" '[ $named = 1 ]'
+  check "$tp: $mode: kill -9 of rank $victim; the others fail stop (exit statuses:$codes)" '[ "$codes" = "$want" ]'
+  check "$tp: $mode: ... each naming node $victim" '[ $named = 1 ]'
+done
+unset DSM_TRANSPORT DSM_TIMEOUT
 done
 
 # dsmrun --serve gives up when not every rank joins in time.

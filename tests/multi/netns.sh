@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT
 # Two "hosts": network namespaces joined by a veth pair, one rank in each, started by hand against a
 # rendezvous served in the first (dsmrun --serve). The transport tests must pass: nothing may assume
-# loopback. Needs root and ip(8); skips otherwise. TAP output.
+# loopback. Then two ranks in each namespace with the default provider list: shm inside, tcp across. Needs root and ip(8); skips otherwise. TAP output.
 set -u
 top=${top_builddir:-.}
 dsmrun=$(readlink -f "$top/tools/dsmrun")
@@ -63,5 +63,38 @@ for t in $tests; do
       cat "$tmp/r0" "$tmp/r1" "$tmp/serve.err" | tail -30 | sed "s/^/# /"
     fi
   done
+done
+# Mixed layout (issue 9): two ranks in each namespace, the default DSM_TRANSPORT list. Pairs inside a namespace
+# must use shm and pairs across tcp (tp_mix checks each pair's provider), and the suite's checks hold over the mix.
+tests="tp_mix tp_pingpong tp_rma coh_litmus coh_stress coh_sync"
+[ -n "${DSM_TEST_QUICK:-}" ] && tests="tp_mix coh_litmus"
+for t in $tests; do
+  n=$((n + 1))
+  prog=$(readlink -f "$top/tests/multi/$t")
+  rm -f "$tmp/serve"
+  "$ip" netns exec $a timeout 300 "$dsmrun" --serve $net.1:0 -n 4 >"$tmp/serve" 2>"$tmp/serve.err" &
+  spid=$!
+  for _ in $(seq 300); do grep -q DSM_COORD "$tmp/serve" 2>/dev/null && break; sleep 0.1; done
+  coord=$(sed -n 's/^DSM_COORD=//p' "$tmp/serve")
+  pids=""
+  for r in 0 1 2 3; do
+    ns=$a; [ $r -ge 2 ] && ns=$b
+    "$ip" netns exec $ns env DSM_LOG_LEVEL=info DSM_TEST_GROUPS="0,1/2,3" DSM_RANK=$r DSM_SIZE=4 \
+      DSM_COORD=$coord timeout 300 "$prog" >"$tmp/m$r" 2>&1 &
+    pids="$pids $!"
+  done
+  codes=""
+  for p in $pids; do wait $p; codes="$codes $?"; done
+  wait $spid; rs=$?
+  desc="$t with 2 ranks in each of two namespaces (shm inside, tcp across)"
+  if [ "$codes" = " 0 0 0 0" ] && [ $rs = 0 ] &&
+     [ "$(grep -c "info: rank [0-3] of 4 up, transport shm+tcp" "$tmp/m0" "$tmp/m1" "$tmp/m2" "$tmp/m3" |
+          awk -F: '{s += $2} END {print s}')" = 4 ]; then
+    echo "ok $n - $desc"
+    grep -h "^pairs of node 0" "$tmp/m0" | sed 's/^/# /'
+  else
+    echo "not ok $n - $desc (exit statuses:$codes, rendezvous: $rs)"
+    cat "$tmp/m0" "$tmp/m1" "$tmp/m2" "$tmp/m3" "$tmp/serve.err" | tail -30 | sed "s/^/# /"
+  fi
 done
 echo "1..$n"

@@ -129,6 +129,7 @@ struct shm_peer {
     /* The socket: control messages; one reader at a time. */
     pthread_mutex_t sock_lock;
     int sock_eof;
+    int gone; /* its socket closed and that was dealt with */
     /* The peer's registrations. */
     pthread_rwlock_t rlock;
     struct shm_rmap *rm;
@@ -887,7 +888,7 @@ static int shm_put_notify(dsm_tp_t *tp, int peer, const void *src, size_t len, c
     dsm_wire_hdr_t h = {.type = DSM_WIRE_AM, .am_id = am_id, .src = (uint32_t)tp->core->rank,
                         .hdr_len = (uint32_t)hdr_len};
     int rc = msg_send(tp, pe, &h, hdr, hdr_len, NULL, 0);
-    if (rc == DSM_OK)
+    if (rc == DSM_OK && req)
         tp->core->complete(req, DSM_OK, 0);
     return rc;
 }
@@ -1048,11 +1049,16 @@ static void check_sockets(dsm_tp_t *tp)
             continue;
         int r = sock_pump(tp, pe, 0);
         pthread_mutex_unlock(&pe->sock_lock);
-        if (r < 0) {
+        if (r < 0 && !pe->gone) {
             /* Its last records may still be in the ring, the bye among them. */
             rx_drain(tp, pe);
+            pe->gone = 1;
             if (!__atomic_load_n(&pe->left, __ATOMIC_ACQUIRE))
                 tp->core->peer_lost(pe->rank, "its process ended (local socket closed)");
+            /* Gone after its bye but before ours: it left while this node still needed it (collective calls
+             * that do not match), which must not leave this node waiting for it. */
+            if (!__atomic_load_n(&pe->bye_sent, __ATOMIC_ACQUIRE))
+                tp->core->peer_lost(pe->rank, "it finished (dsm_finalize) while this node was still working with it");
         }
     }
 }
@@ -1442,21 +1448,22 @@ int dsm_tp_shm_debug_garbage(int peer, unsigned seed)
     struct shm_peer *pe = tp ? peer_get(tp, peer) : NULL;
     if (!pe)
         return DSM_EINVAL;
+    unsigned kind = seed % 3, x = seed;
     pthread_mutex_lock(&pe->tx_lock);
-    /* A plausible header first, so the receiver gets past the magic: then nonsense. */
     size_t off = pe->tx_tail & (tp->cap - 1), n = 256;
     if (tp->cap - off < n)
         n = tp->cap - off;
+    /* Random bytes; or a plausible header announcing more than was written; or an impossible ring index. */
     for (size_t i = 0; i < n; i++) {
-        seed = seed * 1103515245u + 12345u;
-        pe->tx_data[off + i] = (uint8_t)(seed >> 16);
+        x = x * 1103515245u + 12345u;
+        pe->tx_data[off + i] = (uint8_t)(x >> 16);
     }
-    if (seed & 1) {
+    if (kind == 1) {
         dsm_wire_hdr_t h = {.type = DSM_WIRE_AM, .am_id = 1, .src = (uint32_t)tp->core->rank,
                             .hdr_len = 8, .payload_len = 0xffffff};
         dsm_wire_hdr_enc(pe->tx_data + off, &h);
     }
-    pe->tx_tail += n;
+    pe->tx_tail += kind == 2 ? 3 * tp->cap : n;
     tx_publish(pe);
     pthread_mutex_unlock(&pe->tx_lock);
     return DSM_OK;
