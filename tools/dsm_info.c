@@ -63,6 +63,8 @@ int main(int argc, char **argv)
         int rc = ops->probe(&core, why, sizeof why);
         printf("  %-8s  built; %s: %s\n", name, rc == DSM_OK ? "can start here" : "cannot start here", why);
     }
+    printf("  (chosen per pair of ranks: the first of DSM_TRANSPORT that both ends can use; shm only between ranks\n"
+           "   with the same host identity; a job's mix is dsm_transport_name(), e.g. shm+tcp, and DSM_STATS)\n");
 
     struct rlimit rl;
     printf("\nlimits:\n");

@@ -16,6 +16,9 @@ check "prints the package version $ver" 'grep -q "^libdsm $ver " <<<"$out"'
 check "lists every transport by name, tcp startable here" \
   'grep -q "^  shm " <<<"$out" && grep -q "^  rdma " <<<"$out" && grep -q "^  tcp .*built; can start here: advertises " <<<"$out"'
 check "says why a transport is not built" 'grep -q "^  rdma .*not built: " <<<"$out"'
+check "shm startable here, naming this host's identity" \
+  'grep -q "^  shm .*built; can start here: memfd queues between ranks of this host ($(hostname)/" <<<"$out"'
+check "explains the choice per pair" 'grep -q "chosen per pair of ranks" <<<"$out"'
 names=$(grep -o '{"DSM_[A-Z_]*"' "$src/libdsm/settings.c" | tr -d '{"')
 missing=""
 for v in $names; do grep -q "^  $v " <<<"$out" || missing="$missing $v"; done

@@ -60,6 +60,7 @@
 #define SHM_CTL_SIZE 64u
 #define SHM_CTL_MAGIC 0x534d5344u /* "DSMS" */
 #define SHM_HELLO_WAIT_MS 2000   /* an accepted connection must say HELLO within this */
+#define SHM_SPIN_NS 50000u       /* DSM_WAIT=adaptive: progress spins this long after the last message */
 
 enum { CTL_HELLO = 1, CTL_HELLO_ACK = 2, CTL_REG = 3, CTL_DEREG = 4 };
 enum { WAIT_SPIN, WAIT_BLOCK, WAIT_ADAPTIVE };
@@ -173,6 +174,13 @@ static int64_t now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 static size_t align_up(size_t v)
@@ -1071,6 +1079,7 @@ static int shm_progress(dsm_tp_t *tp, int timeout_ms)
         return DSM_OK;
     }
     int64_t start = now_ms(), deadline = start + (timeout_ms > 0 ? timeout_ms : 0), last_check = start;
+    uint64_t spin_from = now_ns();
     struct shm_mbox_hdr *mh = (struct shm_mbox_hdr *)tp->mbox;
     for (;;) {
         if (drain_all(tp) > 0)
@@ -1082,8 +1091,9 @@ static int shm_progress(dsm_tp_t *tp, int timeout_ms)
         }
         if (now >= deadline)
             break;
-        /* Spin a while (spin: the whole time; adaptive: about 50 us), then sleep on the doorbell. */
-        if (tp->wait_mode == WAIT_SPIN || (tp->wait_mode == WAIT_ADAPTIVE && now - start < 1)) {
+        /* Spin a while (spin: the whole time; adaptive: SHM_SPIN_NS), then sleep on the doorbell. Longer spins
+         * take the core from the very threads the answer must wake when a host has few cores. */
+        if (tp->wait_mode == WAIT_SPIN || (tp->wait_mode == WAIT_ADAPTIVE && now_ns() - spin_from < SHM_SPIN_NS)) {
             for (int i = 0; i < 256; i++)
                 __builtin_ia32_pause();
             continue;
