@@ -46,7 +46,7 @@ int dsm_am_register(uint8_t am_id, dsm_tp_am_fn_t fn, void *arg);
 int dsm_am_send(int peer, uint8_t am_id, const void *hdr, size_t hdr_len, const void *payload, size_t len);
 
 /* Collective: register [addr, addr+len), a MAP_SHARED mapping of fd from fd_off, with every provider in use and
- * exchange keys through the rendezvous. */
+ * exchange keys through the rendezvous. fd must be sealed against shrinking (F_SEAL_SHRINK): local peers map it. */
 int dsm_mreg_create(void *addr, size_t len, int fd, uint64_t fd_off, dsm_mreg_t **mreg_p);
 /* Collective. */
 int dsm_mreg_destroy(dsm_mreg_t *mreg);

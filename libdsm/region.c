@@ -8,6 +8,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,7 +89,7 @@ static int reserve_local(const dsm_config_t *cfg)
         return DSM_ENOMEM;
     }
     r->sys = p;
-    r->memfd = memfd_create("libdsm-heap", MFD_CLOEXEC);
+    r->memfd = memfd_create("libdsm-heap", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (r->memfd < 0) {
         dsm_err("memfd_create: %s", strerror(errno));
         return DSM_ESYS;
@@ -106,6 +107,11 @@ static int reserve_local(const dsm_config_t *cfg)
     if (ftruncate(r->memfd, (off_t)r->size) < 0) {
         dsm_err("cannot size the shared memory file to %zu bytes: %s", r->size, strerror(errno));
         return DSM_ENOMEM;
+    }
+    /* Local peers map this file (shm transport): sealed, none of them can shrink it under the others. */
+    if (fcntl(r->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+        dsm_err("cannot seal the shared memory file: %s", strerror(errno));
+        return DSM_ESYS;
     }
     r->home = reserve_meta(r->arena_first * sizeof *r->home);
     r->kind = reserve_meta(r->arena_first);

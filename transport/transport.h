@@ -28,8 +28,9 @@
  * Buffers given to put/get/atomic belong to the provider until the request completes (STYLE.md 5).
  * Registered memory (mem_reg) may be the target of peers' put/get/atomic; its key (dsm_tp_rkey_t) travels
  * through the rendezvous or an active message, and is validated by the target on every use. Registered memory
- * is a MAP_SHARED mapping of a file descriptor (the region's memfd), given with its offset, so a provider whose
- * peers share this host (shm) can map it in their address spaces; other providers ignore the descriptor.
+ * is a MAP_SHARED mapping of a file descriptor (the region's memfd, sealed against shrinking), given with its
+ * offset, so a provider whose peers share this host (shm) can map it in their address spaces; other providers
+ * ignore the descriptor.
  */
 #ifndef DSM_TRANSPORT_H
 #define DSM_TRANSPORT_H

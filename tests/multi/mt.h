@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -86,8 +87,9 @@ static inline void mt_run_threads(int k, void *(*fn)(void *))
 /* Zeroed memory that can be registered (dsm_mreg_create wants a MAP_SHARED mapping of a file descriptor). */
 static inline void *mt_shared_alloc(size_t len, int *fd_p)
 {
-    int fd = memfd_create("dsm-test", MFD_CLOEXEC);
-    MT_CHECK(fd >= 0 && ftruncate(fd, (off_t)len) == 0, "memfd of %zu bytes", len);
+    int fd = memfd_create("dsm-test", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    MT_CHECK(fd >= 0 && ftruncate(fd, (off_t)len) == 0 && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) == 0,
+             "sealed memfd of %zu bytes", len);
     void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     MT_CHECK(p != MAP_FAILED, "mapping %zu bytes", len);
     *fd_p = fd;

@@ -40,6 +40,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -61,6 +62,8 @@
 #define SHM_CTL_MAGIC 0x534d5344u /* "DSMS" */
 #define SHM_HELLO_WAIT_MS 2000   /* an accepted connection must say HELLO within this */
 #define SHM_SPIN_NS 50000u       /* DSM_WAIT=adaptive: progress spins this long after the last message */
+#define SHM_SPARES 64            /* queue entries per peer for the fault path, which must not allocate */
+#define SHM_SPARE_HDR 64u
 
 enum { CTL_HELLO = 1, CTL_HELLO_ACK = 2, CTL_REG = 3, CTL_DEREG = 4 };
 enum { WAIT_SPIN, WAIT_BLOCK, WAIT_ADAPTIVE };
@@ -94,6 +97,8 @@ struct shm_pend {
     size_t len;
     size_t sent;    /* payload bytes in the ring so far */
     int first_done; /* the AM record (with the header) is in */
+    int spare;      /* from the peer's spare entries (fault path), not malloc'ed */
+    uint8_t inline_hdr[SHM_SPARE_HDR];
 };
 
 /* A peer's registration, mapped here. */
@@ -117,6 +122,8 @@ struct shm_peer {
     uint8_t *tx_data;
     uint64_t tx_tail;
     struct shm_pend *pend, *pend_last;
+    struct shm_pend *spare;  /* free spare entries */
+    struct shm_pend *spares; /* [SHM_SPARES] */
     int bye_sent;
     /* Receiving: the peer's ring in our mailbox. Progress only. */
     struct shm_ring_ctl *rx_ctl;
@@ -137,13 +144,6 @@ struct shm_peer {
     size_t nrm, caprm;
 };
 
-struct shm_reg {
-    uint32_t key;
-    int fd;
-    uint64_t fd_off, len;
-    void *addr;
-};
-
 struct dsm_tp {
     const dsm_tp_core_t *core;
     int lfd;
@@ -157,9 +157,7 @@ struct dsm_tp {
     int nlocal;
     int my_lidx;
     pthread_mutex_t plock; /* one progress at a time */
-    pthread_mutex_t reglock;
-    struct shm_reg *regs;
-    size_t nregs, capregs;
+    pthread_mutex_t reglock; /* registrations reach every peer in the same order */
     uint32_t next_key;
     dsm_wire_limits_t lim;
     unsigned refused;
@@ -205,7 +203,7 @@ static void bell_ring(uint32_t *word)
 
 static int host_identity(char *out, size_t len)
 {
-    char host[256] = "", boot[64] = "", ns[64] = "";
+    char host[256] = "", boot[64] = "", net[64] = "", pid[64] = "", user[64] = "";
     if (gethostname(host, sizeof host - 1) != 0)
         return -1;
     FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
@@ -215,11 +213,15 @@ static int host_identity(char *out, size_t len)
         boot[0] = '\0';
     fclose(f);
     boot[strcspn(boot, "\n")] = '\0';
-    ssize_t n = readlink("/proc/self/ns/net", ns, sizeof ns - 1);
-    if (n <= 0 || !boot[0])
+    /* Namespaces: two network namespaces act as two hosts; ranks in other pid or user namespaces (containers
+     * sharing a network) could not check each other's credentials, so they are other hosts too. */
+    ssize_t n1 = readlink("/proc/self/ns/net", net, sizeof net - 1);
+    ssize_t n2 = readlink("/proc/self/ns/pid", pid, sizeof pid - 1);
+    ssize_t n3 = readlink("/proc/self/ns/user", user, sizeof user - 1);
+    if (n1 <= 0 || n2 <= 0 || n3 <= 0 || !boot[0])
         return -1;
-    ns[n] = '\0';
-    int w = snprintf(out, len, "%s/%s/%s", host, boot, ns);
+    net[n1] = pid[n2] = user[n3] = '\0';
+    int w = snprintf(out, len, "%s/%s/%s/%s/%s", host, boot, net, pid, user);
     return w > 0 && (size_t)w < len ? 0 : -1;
 }
 
@@ -285,8 +287,8 @@ static int ctl_send(int sock, const struct shm_ctl *m, int fd)
     return w == (ssize_t)sizeof b ? 0 : -1;
 }
 
-/* Receive one control message and at most one descriptor (*fd_p, -1 when none). Returns 1 on a message, 0 on
- * EOF, -1 on error or a malformed message (*why says which). */
+/* Receive one control message and at most one descriptor (*fd_p, -1 when none), without waiting. Returns 1 on
+ * a message, 2 when none is there, 0 on EOF, -1 on an error or a malformed message (*why says which). */
 static int ctl_recv(int sock, struct shm_ctl *m, int *fd_p, const char **why)
 {
     uint8_t b[SHM_CTL_SIZE + 1];
@@ -400,7 +402,7 @@ static const char *attach_mbox(dsm_tp_t *tp, struct shm_peer *pe, int fd)
     pe->mbox_len = want;
     pe->tx_ctl = slot_ctl(pe->mbox, tp->cap, tp->my_lidx);
     pe->tx_data = (uint8_t *)pe->tx_ctl + SHM_PAGE;
-    pe->tx_tail = __atomic_load_n(&pe->tx_ctl->tail, __ATOMIC_ACQUIRE);
+    pe->tx_tail = 0; /* never from the peer-writable mailbox: the receiver starts at 0 too */
     pe->rx_ctl = slot_ctl(tp->mbox, tp->cap, pe->lidx);
     pe->rx_data = (uint8_t *)pe->rx_ctl + SHM_PAGE;
     pe->rx_head = 0;
@@ -510,7 +512,12 @@ static int pend_flush(dsm_tp_t *tp, struct shm_peer *pe)
         pe->pend = m->next;
         if (!pe->pend)
             pe->pend_last = NULL;
-        free(m);
+        if (m->spare) {
+            m->next = pe->spare;
+            pe->spare = m;
+        } else {
+            free(m);
+        }
     }
     return 1;
 }
@@ -561,8 +568,29 @@ static int msg_send(dsm_tp_t *tp, struct shm_peer *pe, const dsm_wire_hdr_t *h, 
             tp->core->count_tx(DSM_WIRE_HDR_SIZE + hl + len);
             return DSM_OK;
         }
-        /* Fault path: no allocation; wait for the receiver to make room (it is alive, or its socket says not). */
+        /* Fault path: no allocation. A small message takes a spare queue entry (so the fault path never waits
+         * for a receiver that may be waiting for this node: both would hold a directory entry); else wait for
+         * room (the receiver is alive, or its socket says not). */
+        if (len == 0 && hl <= SHM_SPARE_HDR && pe->spare) {
+            struct shm_pend *m = pe->spare;
+            pe->spare = m->next;
+            *m = (struct shm_pend){.h = *h, .spare = 1};
+            m->hdr = m->inline_hdr;
+            if (hl)
+                memcpy(m->hdr, hdr, hl);
+            if (pe->pend_last)
+                pe->pend_last->next = m;
+            else
+                pe->pend = m;
+            pe->pend_last = m;
+            pend_flush(tp, pe);
+            pthread_mutex_unlock(&pe->tx_lock);
+            tp->core->count_tx(DSM_WIRE_HDR_SIZE + hl);
+            return DSM_OK;
+        }
         pthread_mutex_unlock(&pe->tx_lock);
+        if (len > tp->frag_max)
+            return DSM_EINVAL; /* could never fit */
         if (!deadline)
             deadline = now_ms() + tp->core->timeout_ms;
         else if (now_ms() > deadline)
@@ -603,7 +631,7 @@ static int rx_drain(dsm_tp_t *tp, struct shm_peer *pe)
             return rx_bad(tp, pe, why);
         if ((int)h.src != pe->rank)
             return rx_bad(tp, pe, "record claims another source rank");
-        if (pe->left)
+        if (pe->left && h.type != DSM_WIRE_LOST) /* a peer failing during finalize still says why */
             return rx_bad(tp, pe, "record after bye");
         size_t body = h.payload_len;
         if (h.type == DSM_WIRE_AM && body > tp->frag_max)
@@ -694,10 +722,14 @@ static const char *ctl_handle(dsm_tp_t *tp, struct shm_peer *pe, const struct sh
         return "control message with the wrong job or ranks";
     if (m->type == CTL_REG) {
         struct stat st;
-        if (fd < 0 || m->len == 0 || m->len > SIZE_MAX / 2 || m->fd_off % SHM_PAGE || m->key > UINT32_MAX)
+        if (fd < 0 || m->len == 0 || m->len > SIZE_MAX / 2 || m->fd_off % SHM_PAGE || m->addr % SHM_PAGE ||
+            m->key > UINT32_MAX)
             return "malformed registration";
-        if (fstat(fd, &st) != 0 || (uint64_t)st.st_size < m->fd_off + m->len)
+        if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size < m->fd_off + m->len)
             return "registration beyond the end of its file";
+        int seals = fcntl(fd, F_GET_SEALS);
+        if (seals < 0 || !(seals & F_SEAL_SHRINK))
+            return "registered memory not sealed against shrinking";
         void *map = mmap(NULL, m->len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)m->fd_off);
         if (map == MAP_FAILED)
             return "registration cannot be mapped";
@@ -806,18 +838,7 @@ static int shm_mem_reg(dsm_tp_t *tp, void *addr, size_t len, int fd, uint64_t fd
     if (fd < 0 || fd_off % SHM_PAGE)
         return DSM_EINVAL;
     pthread_mutex_lock(&tp->reglock);
-    if (tp->nregs == tp->capregs) {
-        size_t nc = tp->capregs ? tp->capregs * 2 : 16;
-        struct shm_reg *n = realloc(tp->regs, nc * sizeof *n);
-        if (!n) {
-            pthread_mutex_unlock(&tp->reglock);
-            return DSM_ENOMEM;
-        }
-        tp->regs = n;
-        tp->capregs = nc;
-    }
     uint32_t key = tp->next_key++;
-    tp->regs[tp->nregs++] = (struct shm_reg){.key = key, .fd = fd, .fd_off = fd_off, .len = len, .addr = addr};
     int rc = DSM_OK;
     for (int p = 0; p < tp->core->size && rc == DSM_OK; p++) {
         struct shm_peer *pe = peer_get(tp, p);
@@ -844,11 +865,6 @@ static int shm_mem_dereg(dsm_tp_t *tp, dsm_tp_mr_t *mr)
     if (!mr || !mr->len)
         return DSM_OK;
     pthread_mutex_lock(&tp->reglock);
-    for (size_t i = 0; i < tp->nregs; i++)
-        if (tp->regs[i].key == mr->key) {
-            tp->regs[i] = tp->regs[--tp->nregs];
-            break;
-        }
     for (int p = 0; p < tp->core->size; p++) {
         struct shm_peer *pe = peer_get(tp, p);
         if (!pe)
@@ -1100,6 +1116,7 @@ static int shm_progress(dsm_tp_t *tp, int timeout_ms)
         }
         uint32_t seq = __atomic_load_n(&mh->bell, __ATOMIC_ACQUIRE);
         __atomic_store_n(&mh->sleeping, 1, __ATOMIC_SEQ_CST);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST); /* the flag before the re-check of the tails */
         if (drain_all(tp) > 0) {
             __atomic_store_n(&mh->sleeping, 0, __ATOMIC_RELAXED);
             break;
@@ -1213,6 +1230,14 @@ static struct shm_peer *peer_new(dsm_tp_t *tp, int rank, int lidx, pid_t pid)
     pe->lidx = lidx;
     pe->pid = pid;
     pe->sock = -1;
+    if (!(pe->spares = calloc(SHM_SPARES, sizeof *pe->spares))) {
+        free(pe);
+        return NULL;
+    }
+    for (int i = 0; i < SHM_SPARES; i++) {
+        pe->spares[i].next = pe->spare;
+        pe->spare = &pe->spares[i];
+    }
     pthread_mutex_init(&pe->tx_lock, NULL);
     pthread_mutex_init(&pe->sock_lock, NULL);
     pthread_rwlock_init(&pe->rlock, NULL);
@@ -1233,14 +1258,24 @@ static void peer_free(struct shm_peer *pe)
     free(pe->rm);
     while (pe->pend) {
         struct shm_pend *n = pe->pend->next;
-        free(pe->pend);
+        if (!pe->pend->spare)
+            free(pe->pend);
         pe->pend = n;
     }
+    free(pe->spares);
     free(pe->frag);
     pthread_mutex_destroy(&pe->tx_lock);
     pthread_mutex_destroy(&pe->sock_lock);
     pthread_rwlock_destroy(&pe->rlock);
     free(pe);
+}
+
+/* Sends on a local socket (hello, registrations) give up after DSM_TIMEOUT instead of waiting for a peer that
+ * stopped reading. */
+static void sock_bound(dsm_tp_t *tp, int fd)
+{
+    struct timeval tv = {.tv_sec = tp->core->timeout_ms / 1000, .tv_usec = (tp->core->timeout_ms % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 }
 
 /* The peer at the other end of sock is who it says: same uid, the pid it published. */
@@ -1289,6 +1324,8 @@ static int ctl_wait(int sock, struct shm_ctl *m, int *fd_p, int wait_ms, const c
     int r = ctl_recv(sock, m, fd_p, why);
     if (r == 0)
         *why = "closed during the handshake";
+    else if (r == 2)
+        *why = "no hello in time";
     return r == 1 ? 0 : -1;
 }
 
@@ -1300,7 +1337,12 @@ static void accept_one(dsm_tp_t *tp, int fd)
     int mfd = -1;
     const char *why = NULL;
     struct shm_peer *pe = NULL;
-    if (ctl_wait(fd, &m, &mfd, SHM_HELLO_WAIT_MS, &why) == 0 && !(why = hello_check(tp, &m, CTL_HELLO))) {
+    struct ucred cr;
+    socklen_t cl = sizeof cr;
+    /* Another user's process is turned away before it can make us wait for its hello. */
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) != 0 || cr.uid != getuid())
+        why = "the peer runs as another user";
+    else if (ctl_wait(fd, &m, &mfd, SHM_HELLO_WAIT_MS, &why) == 0 && !(why = hello_check(tp, &m, CTL_HELLO))) {
         pe = tp->peers[m.src];
         if ((int)m.src <= tp->core->rank)
             why = "hello from a rank that should have waited for our connection";
@@ -1326,6 +1368,7 @@ static void accept_one(dsm_tp_t *tp, int fd)
         close(fd);
         return;
     }
+    sock_bound(tp, fd);
     pe->sock = fd;
     pe->ready = 1;
     SLOG(tp, DSM_LOG_DEBUG, "node %d connected (local index %d)", pe->rank, pe->lidx);
@@ -1336,16 +1379,21 @@ static int connect_one(dsm_tp_t *tp, struct shm_peer *pe, int64_t deadline)
     struct sockaddr_un sa;
     socklen_t sl;
     sock_name(tp->core->job_id, pe->rank, &sa, &sl);
-    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     const char *why = NULL;
     struct shm_ctl m;
-    int mfd = -1;
-    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sl) != 0) {
+    int mfd = -1, rc;
+    /* A full backlog (strangers, or many ranks at once) says EAGAIN: retry until the deadline. */
+    while (fd >= 0 && (rc = connect(fd, (struct sockaddr *)&sa, sl)) != 0 && errno == EAGAIN && now_ms() < deadline)
+        usleep(1000);
+    if (fd < 0 || rc != 0) {
         SLOG(tp, DSM_LOG_ERROR, "cannot connect to node %d's local socket: %s", pe->rank, strerror(errno));
         if (fd >= 0)
             close(fd);
         return DSM_EUNREACH;
     }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    sock_bound(tp, fd);
     hello_fill(tp, &m, CTL_HELLO, pe->rank);
     int64_t left = deadline - now_ms();
     if (ctl_send(fd, &m, tp->mbox_fd) != 0)
@@ -1447,7 +1495,6 @@ static void shm_finalize(dsm_tp_t *tp)
         close(tp->mbox_fd);
     pthread_mutex_destroy(&tp->plock);
     pthread_mutex_destroy(&tp->reglock);
-    free(tp->regs);
     free(tp->peers);
     free(tp);
 }
@@ -1482,7 +1529,8 @@ int dsm_tp_shm_debug_garbage(int peer, unsigned seed)
 const struct dsm_tp_ops dsm_tp_shm_ops = {
     .abi_version = DSM_TP_ABI_VERSION,
     .name = SHM_NAME,
-    .caps = DSM_TP_CAP_RMA_NATIVE | DSM_TP_CAP_ATOMIC_NATIVE | DSM_TP_CAP_ATOMIC_GLOB | DSM_TP_CAP_AM_ORDERED,
+    /* Not AM_ORDERED: a put lands at once, while an earlier message may still wait in the queue for room. */
+    .caps = DSM_TP_CAP_RMA_NATIVE | DSM_TP_CAP_ATOMIC_NATIVE | DSM_TP_CAP_ATOMIC_GLOB,
     .probe = shm_probe,
     .init = shm_init,
     .finalize = shm_finalize,
