@@ -40,6 +40,9 @@ int dsm_core_size(void);
 dsm_boot_t *dsm_core_boot(void);
 const dsm_config_t *dsm_core_config(void);
 
+/* Bind the calling thread (the progress thread) to DSM_PROGRESS_CPU, else near the RDMA device in use. */
+void dsm_progress_bind(void);
+
 /* Handlers run on the progress thread and must not block. Registering an id twice is DSM_EBUSY. */
 int dsm_am_register(uint8_t am_id, dsm_tp_am_fn_t fn, void *arg);
 /* Send to peer (self runs the handler in the calling thread). */

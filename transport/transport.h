@@ -29,6 +29,11 @@
  * through the rendezvous or an active message, and is validated by the target on every use. Registered memory
  * is a MAP_SHARED mapping of a file descriptor (the region's memfd), given with its offset, so a provider whose
  * peers share this host (shm) can map it in their address spaces; other providers ignore the descriptor.
+ *
+ * ABI 3 added, at the end of struct dsm_tp_ops, optional ops (NULL when a provider has none): peer_up and
+ * peer_drop, so a connection that failed to one peer can fall back to the next provider for that pair only;
+ * describe, for dsm_info's listing of devices; cpus, the CPUs nearest the device a provider uses (the core binds
+ * its progress thread there).
  */
 #ifndef DSM_TRANSPORT_H
 #define DSM_TRANSPORT_H
@@ -36,7 +41,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DSM_TP_ABI_VERSION 2
+#define DSM_TP_ABI_VERSION 3
 
 /* Largest active-message header and payload every provider must accept. */
 #define DSM_TP_AM_HDR_MAX 256u
@@ -156,6 +161,18 @@ struct dsm_tp_ops {
     /* Best effort, on the way out of a failing node: tell every peer that node was lost, so they report the
      * cause rather than this node's exit. Takes no lock that another thread may hold; never blocks. */
     void (*tell_lost)(dsm_tp_t *tp, int node);
+    /* ABI 3, optional. After connect (whatever it returned): is the connection to peer up? NULL: connect's
+     * status holds for every peer. */
+    int (*peer_up)(dsm_tp_t *tp, int peer);
+    /* ABI 3, optional. Close peer's connection without reporting it lost: the pair agreed through the
+     * rendezvous to use another provider (the other end failed to connect). */
+    void (*peer_drop)(dsm_tp_t *tp, int peer);
+    /* ABI 3, optional. Print what this provider sees on this host (devices, ports, addresses, locality) as
+     * indented lines, for dsm_info. Only core->log and core->setting are used. */
+    void (*describe)(const dsm_tp_core_t *core, void (*line)(void *arg, const char *text), void *arg);
+    /* ABI 3, optional. The CPUs nearest the device this instance uses, as a Linux CPU list ("0-3,8"), for
+     * binding the progress thread; DSM_ENOSYS when unknown, with why (e.g. a software device). */
+    int (*cpus)(dsm_tp_t *tp, char *list, size_t list_len, char *why, size_t why_len);
 };
 
 /* Registry (transport/registry.c). */
@@ -164,5 +181,7 @@ struct dsm_tp_ops {
 extern const char *const dsm_tp_known_names[];
 /* The ops of a built provider, or NULL when name is unknown or was not built. */
 const struct dsm_tp_ops *dsm_tp_lookup(const char *name);
+/* Why dsm_tp_lookup(name) gave NULL: "not built ..." or, for a module, where it was looked for and what failed. */
+const char *dsm_tp_lookup_error(const char *name);
 
 #endif /* DSM_TRANSPORT_H */
