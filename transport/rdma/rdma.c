@@ -1573,8 +1573,10 @@ static int rma_post(dsm_tp_t *tp, int peer, int kind, void *local, size_t len, c
     struct rdma_op *op;
     int64_t deadline = now_ms() + tp->core->timeout_ms;
     while (!(op = op_get(tp))) {
-        if (now_ms() > deadline)
+        if (now_ms() > deadline) {
+            RLOG(tp, DSM_LOG_ERROR, "no free operation slot for DSM_TIMEOUT (%u in flight)", RDMA_OPS);
             return DSM_ETIMEDOUT;
+        }
         wait_a_little(tp);
     }
     op->peer = peer;
@@ -1631,6 +1633,9 @@ static int rma_post(dsm_tp_t *tp, int peer, int kind, void *local, size_t len, c
     while (pe->state == P_UP && !sq_room(tp, pe, 1)) {
         pthread_mutex_unlock(&pe->slock);
         if (now_ms() > deadline) {
+            RLOG(tp, DSM_LOG_ERROR, "no send-queue room toward node %d for DSM_TIMEOUT (posted %llu, done %llu, "
+                 "last signaled %llu, depth %u)", peer, (unsigned long long)pe->wr_posted,
+                 (unsigned long long)pe->wr_done, (unsigned long long)pe->last_signal, tp->sq_depth);
             op_put(tp, op);
             return DSM_ETIMEDOUT;
         }
@@ -1639,12 +1644,14 @@ static int rma_post(dsm_tp_t *tp, int peer, int kind, void *local, size_t len, c
     }
     int rc = DSM_ENODE;
     if (pe->state == P_UP) {
-        op->wrno = pe->wr_posted + 1;
+        /* Once posted, the op may complete and be reused by another thread at any moment: only locals after. */
+        uint64_t wrno = pe->wr_posted + 1;
+        op->wrno = wrno;
         int e = ibv_post_send(pe->qp, &wr, &bad);
         if (e == 0) {
-            pe->wr_posted = op->wrno;
-            pe->last_signal = op->wrno;
-            __atomic_store_n(&pe->rma_last, op->wrno, __ATOMIC_RELEASE);
+            pe->wr_posted = wrno;
+            pe->last_signal = wrno;
+            __atomic_store_n(&pe->rma_last, wrno, __ATOMIC_RELEASE);
             tp->core->count_tx(kind == IBV_WR_RDMA_WRITE ? len : 0);
             rc = DSM_OK;
             if (am_id)
