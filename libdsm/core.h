@@ -70,6 +70,9 @@ int dsm_rma_get(int peer, void *dst, size_t len, const dsm_mreg_t *m, uint64_t o
 int dsm_rma_atomic(int peer, enum dsm_tp_atomic_op op, const dsm_mreg_t *m, uint64_t off, uint64_t operand,
                    uint64_t compare, uint64_t *old);
 int dsm_rma_flush(int peer);
+/* Must this node's own atomics on registered memory go through dsm_rma_atomic(own rank) (a provider whose device
+ * atomics are not atomic with CPU atomics serves its peers)? */
+int dsm_rma_atomic_self(void);
 
 /* Wait for a request: spin briefly, then futex; DSM_ETIMEDOUT after DSM_TIMEOUT. Returns the request's status. */
 int dsm_req_wait(dsm_tp_req_t *req);

@@ -46,6 +46,7 @@ static struct {
     int ntp;
     struct tp_inst tp[DSM_TP_MAX];
     int8_t *peer_tp;  /* [size]: index into tp, -1 for self */
+    int atomic_self;  /* index into tp of the provider that does this node's own atomics, or -1 (CPU atomics) */
     char tp_name[64];
     pthread_t progress;
     int progress_running;
@@ -375,9 +376,23 @@ int dsm_rma_get_nb(int peer, void *dst, size_t len, const dsm_mreg_t *m, uint64_
     return PEER_TP(peer)->ops->get(PEER_TP(peer)->tp, peer, dst, len, &m->rkey[peer], off, req);
 }
 
+int dsm_rma_atomic_self(void)
+{
+    return core.up && core.atomic_self >= 0;
+}
+
 int dsm_rma_atomic_nb(int peer, enum dsm_tp_atomic_op op, const dsm_mreg_t *m, uint64_t off, uint64_t operand,
                       uint64_t compare, dsm_tp_req_t *req)
 {
+    if (peer == core.rank && dsm_rma_atomic_self() && m && off <= m->len && 8 <= m->len - off) {
+        /* This node's own word, through the same device as its peers' atomics (DESIGN.md 4.2). */
+        struct tp_inst *t = &core.tp[core.atomic_self];
+        dsm_tp_rkey_t self = {.addr = (uint64_t)(uintptr_t)m->addr, .len = m->len, .key = m->mr[core.atomic_self].key};
+        if ((self.addr + off) % 8 || (op != DSM_TP_ATOMIC_FADD && op != DSM_TP_ATOMIC_CSWAP))
+            return DSM_EINVAL;
+        dsm_req_init(req);
+        return t->ops->atomic(t->tp, peer, op, &self, off, operand, compare, req);
+    }
     int rc = rma_check(peer, 8, m, off);
     if (rc)
         return rc;
@@ -631,6 +646,8 @@ out:
     return rc;
 }
 
+static void tp_atomic_agent(void);
+
 static int tp_select(char *err, size_t err_len)
 {
     int rc = tp_agree_lists(err, err_len);
@@ -699,6 +716,7 @@ static int tp_select(char *err, size_t err_len)
     }
     if (rc)
         return rc;
+    tp_atomic_agent();
     /* Providers that serve no peer are closed; name the mix, in preference order. */
     core.tp_name[0] = '\0';
     for (int i = 0; i < core.ntp; i++) {
@@ -711,6 +729,30 @@ static int tp_select(char *err, size_t err_len)
                      core.tp_name[0] ? "+" : "", core.tp[i].ops->name);
     }
     return DSM_OK;
+}
+
+/* Which provider does this node's own atomics (issue 5, DESIGN.md 4.2): one whose device atomics are not
+ * atomic with CPU atomics must do the home's atomics too, through its loopback, so one agent does them all. */
+static void tp_atomic_agent(void)
+{
+    core.atomic_self = -1;
+    for (int i = 0; i < core.ntp; i++) {
+        struct tp_inst *t = &core.tp[i];
+        if (!t->used)
+            continue;
+        uint32_t caps = t->ops->caps_now ? t->ops->caps_now(t->tp) : t->ops->caps;
+        if (!(caps & DSM_TP_CAP_ATOMIC_NATIVE) || (caps & DSM_TP_CAP_ATOMIC_GLOB))
+            continue;
+        if (caps & DSM_TP_CAP_ATOMIC_SELF) {
+            core.atomic_self = i;
+            dsm_info("atomics on memory this node homes go through transport %s too (its device atomics are not "
+                     "atomic with CPU atomics)", t->ops->name);
+        } else {
+            dsm_warn("transport %s: device atomics are not atomic with CPU atomics and this node cannot use its own "
+                     "device: its own atomics on dsm_alloc_atomic memory may race with its peers'", t->ops->name);
+        }
+        return;
+    }
 }
 
 /* How many ranks of the job run on this host (same host name and boot id). */
@@ -800,6 +842,7 @@ DSM_API int dsm_init_version(int api_version, int *argc, char ***argv)
     }
     core.rank = core.boot.rank;
     core.size = core.boot.size;
+    core.atomic_self = -1;
     dsm_log_set_rank(core.rank);
     core.up = 1;
     core.progress_stop = 0;

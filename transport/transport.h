@@ -33,7 +33,9 @@
  * ABI 3 added, at the end of struct dsm_tp_ops, optional ops (NULL when a provider has none): peer_up and
  * peer_drop, so a connection that failed to one peer can fall back to the next provider for that pair only;
  * describe, for dsm_info's listing of devices; cpus, the CPUs nearest the device a provider uses (the core binds
- * its progress thread there).
+ * its progress thread there); caps_now, the capabilities of this instance on this device (ATOMIC_GLOB when the
+ * device says so; ATOMIC_SELF when atomic() accepts this node's own rank, which the home of a word then uses for
+ * its own atomics, so that they are not CPU atomics beside device atomics: DESIGN.md 4.2).
  */
 #ifndef DSM_TRANSPORT_H
 #define DSM_TRANSPORT_H
@@ -55,6 +57,8 @@ enum {
     DSM_TP_CAP_ATOMIC_NATIVE = 1u << 1, /* atomics without the target's CPU */
     DSM_TP_CAP_ATOMIC_GLOB = 1u << 2,   /* provider atomics are atomic with CPU atomics on the target */
     DSM_TP_CAP_AM_ORDERED = 1u << 3,    /* active messages and puts to a peer are delivered in issue order */
+    DSM_TP_CAP_ATOMIC_SELF = 1u << 4,   /* atomic() also takes this node's own rank (through the device, so the
+                                         * home's own atomics and its peers' are done by one agent) */
 };
 
 enum dsm_tp_atomic_op {
@@ -173,6 +177,8 @@ struct dsm_tp_ops {
     /* ABI 3, optional. The CPUs nearest the device this instance uses, as a Linux CPU list ("0-3,8"), for
      * binding the progress thread; DSM_ENOSYS when unknown, with why (e.g. a software device). */
     int (*cpus)(dsm_tp_t *tp, char *list, size_t list_len, char *why, size_t why_len);
+    /* ABI 3, optional. The capabilities of this started instance (NULL: the static caps). */
+    uint32_t (*caps_now)(dsm_tp_t *tp);
 };
 
 /* Registry (transport/registry.c). */

@@ -46,6 +46,8 @@
  * RDMA_BOUNCE bytes), else registered for the operation. put_notify is the WRITE then an ordinary frame on the
  * same QP, so the peer's handler runs after the data is placed (RC ordering). Atomics are the verbs atomics;
  * they are atomic with CPU atomics on the target only when the device says IBV_ATOMIC_GLOB (dsm_info shows it).
+ * Without it, each node also connects a queue pair to itself, and atomic() accepts its own rank (caps_now says
+ * ATOMIC_SELF): the home of a word then does its own atomics through its device too, so one agent does all.
  *
  * Failures. QPs use an ACK timeout of 4.096 us * 2^RDMA_ACK_TIMEOUT (~0.5 s) and 6 retries, so a dead peer
  * surfaces as a completion error within a few seconds. Every completion error, QP or port async event and
@@ -65,6 +67,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -227,7 +230,15 @@ struct dsm_tp {
     size_t nlmr, caplmr;
     unsigned cq_events;
     int refuse_from;  /* test hook: refuse this rank's connection */
+    /* The loopback connection (peers[rank] is its active end): atomics by this node on its own registered memory
+     * go through the device, like its peers' (only when the device's atomics are not global). */
+    struct rdma_cm_id *self_pasv;
+    struct ibv_qp *self_pasv_qp;
+    int wake_fd;  /* wakes the progress thread when another thread harvested frames for it */
 };
+
+/* Is the calling thread inside progress (so harvested frames need no wake-up)? */
+static __thread int in_progress;
 
 #define RLOG(tp_x, lvl_x, ...) ((tp_x)->core->log((lvl_x), DSM_TP_RDMA_NAME, __VA_ARGS__))
 #define SEND_TAG (1ull << 63)
@@ -872,6 +883,11 @@ static int harvest(dsm_tp_t *tp)
         }
     }
     pthread_mutex_unlock(&tp->cqlock);
+    if (total && !in_progress) {
+        uint64_t one = 1;
+        ssize_t w = write(tp->wake_fd, &one, sizeof one);
+        (void)w;
+    }
     return total;
 }
 
@@ -985,7 +1001,7 @@ static const char *priv_check(const dsm_tp_t *tp, const void *data, size_t len, 
     return NULL;
 }
 
-static int qp_create(dsm_tp_t *tp, struct rdma_peer *pe, struct rdma_cm_id *id)
+static int qp_create_raw(dsm_tp_t *tp, struct rdma_cm_id *id, char *why, size_t why_len)
 {
     struct ibv_qp_init_attr qa = {
         .send_cq = tp->scq,
@@ -997,7 +1013,7 @@ static int qp_create(dsm_tp_t *tp, struct rdma_peer *pe, struct rdma_cm_id *id)
     if (rdma_create_qp(id, tp->pd, &qa) != 0) {
         qa.cap.max_inline_data = 0;
         if (rdma_create_qp(id, tp->pd, &qa) != 0) {
-            snprintf(pe->fail, sizeof pe->fail, "cannot create a queue pair: %s", strerror(errno));
+            snprintf(why, why_len, "cannot create a queue pair: %s", strerror(errno));
             return -1;
         }
     }
@@ -1005,12 +1021,19 @@ static int qp_create(dsm_tp_t *tp, struct rdma_peer *pe, struct rdma_cm_id *id)
     uint32_t inl = qa.cap.max_inline_data >= RDMA_FRAME_HDR ? qa.cap.max_inline_data : 0;
     if (inl < tp->max_inline)
         tp->max_inline = inl;
+    uint8_t t = RDMA_ACK_TIMEOUT;
+    if (rdma_set_option(id, RDMA_OPTION_ID, RDMA_OPTION_ID_ACK_TIMEOUT, &t, sizeof t) != 0)
+        RLOG(tp, DSM_LOG_DEBUG, "cannot set the ACK timeout: %s", strerror(errno));
+    return 0;
+}
+
+static int qp_create(dsm_tp_t *tp, struct rdma_peer *pe, struct rdma_cm_id *id)
+{
+    if (qp_create_raw(tp, id, pe->fail, sizeof pe->fail) != 0)
+        return -1;
     pe->id = id;
     pe->qp = id->qp;
     id->context = pe;
-    uint8_t t = RDMA_ACK_TIMEOUT;
-    if (rdma_set_option(id, RDMA_OPTION_ID, RDMA_OPTION_ID_ACK_TIMEOUT, &t, sizeof t) != 0)
-        RLOG(tp, DSM_LOG_DEBUG, "cannot set the ACK timeout for node %d: %s", pe->rank, strerror(errno));
     return 0;
 }
 
@@ -1091,6 +1114,25 @@ static int on_request(dsm_tp_t *tp, struct rdma_cm_event *ev, int connecting)
     uint32_t src = 0;
     uint16_t rj = 0;
     const char *bad = priv_check(tp, ev->param.conn.private_data, ev->param.conn.private_data_len, &src, &rj);
+    if (!bad && (int)src == tp->rank && connecting && !tp->self_pasv &&
+        tp->peers[tp->rank].state == P_CONNECTING) {
+        /* The passive end of the loopback connection: it only answers its twin's atomics. */
+        char why[160];
+        struct cm_priv p;
+        struct rdma_conn_param cp;
+        priv_enc(&p, tp, tp->rank, REJ_NONE);
+        conn_params(tp, &cp, &p, (uint8_t)tp->rd_atom, (uint8_t)tp->rd_atom);
+        ev->id->context = NULL;
+        if (qp_create_raw(tp, ev->id, why, sizeof why) != 0 || rdma_accept(ev->id, &cp) != 0) {
+            RLOG(tp, DSM_LOG_INFO, "no loopback connection: %s", why);
+            if (ev->id->qp)
+                rdma_destroy_qp(ev->id);
+            return 1;
+        }
+        tp->self_pasv = ev->id;
+        tp->self_pasv_qp = ev->id->qp;
+        return 0;
+    }
     struct rdma_peer *pe = bad ? NULL : peer_of(tp, (int)src);
     if (!bad && (!connecting || !pe || (int)src < tp->rank))
         bad = "unexpected connection (not a higher rank of this job while connecting)";
@@ -1305,6 +1347,14 @@ static int rdma_connect_all(dsm_tp_t *tp, const void *const *addr, const size_t 
         if (p < tp->rank)
             connect_start(tp, pe, &dst[p]);
     }
+    struct rdma_peer *self = &tp->peers[tp->rank];
+    if (!tp->dev.atomic_glob) {
+        char me[64];
+        snprintf(me, sizeof me, "%s", tp->addr);
+        snprintf(self->name, sizeof self->name, "%.40s (itself)", tp->addr);
+        if (parse_blob(me, strlen(me) + 1, &dst[tp->rank]) == DSM_OK)
+            connect_start(tp, self, &dst[tp->rank]);
+    }
     for (;;) {
         cm_events(tp, 1);
         int waiting = -1;
@@ -1315,7 +1365,7 @@ static int rdma_connect_all(dsm_tp_t *tp, const void *const *addr, const size_t 
                 continue;
             if (waiting < 0)
                 waiting = p;
-            if (p < tp->rank && pe->retry_at && now >= pe->retry_at) {
+            if (p <= tp->rank && pe->retry_at && now >= pe->retry_at) {
                 pe->retry_at = 0;
                 peer_forget_id(pe);
                 connect_start(tp, pe, &dst[p]);
@@ -1340,6 +1390,12 @@ static int rdma_connect_all(dsm_tp_t *tp, const void *const *addr, const size_t 
     }
     free(dst);
     int rc = DSM_OK;
+    if (self->state == P_FAILED) {
+        core->log(DSM_LOG_INFO, DSM_TP_RDMA_NAME, "no loopback connection (%s): this node's atomics on its own memory "
+                  "are CPU atomics, not atomic with its peers' device atomics", self->fail);
+        peer_forget_id(self);
+        self->state = P_NONE;
+    }
     for (int p = 0; p < tp->size; p++) {
         struct rdma_peer *pe = &tp->peers[p];
         if (pe->state == P_FAILED) {
@@ -1379,6 +1435,7 @@ static int rdma_progress(dsm_tp_t *tp, int timeout_ms)
             usleep(1000);
         return DSM_OK;
     }
+    in_progress = 1;
     for (int round = 0;; round++) {
         int did = poll_scq(tp);
         did += harvest(tp);
@@ -1406,16 +1463,27 @@ static int rdma_progress(dsm_tp_t *tp, int timeout_ms)
         ibv_req_notify_cq(tp->rcq, 0);
         if (poll_scq(tp) + harvest(tp))
             continue;
-        struct pollfd pf[3] = {{.fd = tp->cch->fd, .events = POLLIN},
+        if (__atomic_load_n(&tp->ready_tail, __ATOMIC_ACQUIRE) != tp->ready_head)
+            continue;
+        struct pollfd pf[4] = {{.fd = tp->cch->fd, .events = POLLIN},
                                {.fd = tp->ech->fd, .events = POLLIN},
-                               {.fd = tp->ctx->async_fd, .events = POLLIN}};
-        if (poll(pf, 3, timeout_ms) > 0 && (pf[0].revents & POLLIN)) {
-            struct ibv_cq *cq;
-            void *ctx;
-            while (ibv_get_cq_event(tp->cch, &cq, &ctx) == 0)
-                ibv_ack_cq_events(cq, 1);
+                               {.fd = tp->ctx->async_fd, .events = POLLIN},
+                               {.fd = tp->wake_fd, .events = POLLIN}};
+        if (poll(pf, 4, timeout_ms) > 0) {
+            if (pf[0].revents & POLLIN) {
+                struct ibv_cq *cq;
+                void *ctx;
+                while (ibv_get_cq_event(tp->cch, &cq, &ctx) == 0)
+                    ibv_ack_cq_events(cq, 1);
+            }
+            if (pf[3].revents & POLLIN) {
+                uint64_t v;
+                ssize_t r = read(tp->wake_fd, &v, sizeof v);
+                (void)r;
+            }
         }
     }
+    in_progress = 0;
     pthread_mutex_unlock(&tp->plock);
     return DSM_OK;
 }
@@ -1528,6 +1596,18 @@ static int rdma_mem_dereg(dsm_tp_t *tp, dsm_tp_mr_t *mr)
     return rc ? DSM_ESYS : DSM_OK;
 }
 
+/* Is [rkey->addr + off, + len) inside one of this node's registrations, under that key (the loopback)? */
+static int lmr_ok(dsm_tp_t *tp, const dsm_tp_rkey_t *rkey, uint64_t off, uint64_t len)
+{
+    int ok = 0;
+    pthread_rwlock_rdlock(&tp->mrlock);
+    for (size_t i = 0; i < tp->nlmr && !ok; i++)
+        ok = tp->lmrs[i].mr->rkey == rkey->key && (uint64_t)(uintptr_t)tp->lmrs[i].addr == rkey->addr &&
+             off <= tp->lmrs[i].len && len <= tp->lmrs[i].len - off;
+    pthread_rwlock_unlock(&tp->mrlock);
+    return ok;
+}
+
 /* Is [rkey->addr + off, + len) inside a registration the peer announced under that key? */
 static int rreg_ok(dsm_tp_t *tp, struct rdma_peer *pe, const dsm_tp_rkey_t *rkey, uint64_t off, uint64_t len)
 {
@@ -1563,12 +1643,13 @@ static int rma_post(dsm_tp_t *tp, int peer, int kind, void *local, size_t len, c
                     uint64_t off, uint64_t operand, uint64_t compare, dsm_tp_req_t *req, uint8_t am_id,
                     const void *hdr, size_t hdr_len)
 {
-    struct rdma_peer *pe = peer_of(tp, peer);
+    struct rdma_peer *pe = peer == tp->rank && am_id == 0 && tp->peers[peer].state == P_UP ? &tp->peers[peer]
+                                                                                          : peer_of(tp, peer);
     if (!pe || pe->state != P_UP)
         return DSM_EINVAL;
     if (len > tp->max_msg)
         return DSM_EINVAL;
-    if (!rreg_check(tp, pe, rkey, off, len))
+    if (peer == tp->rank ? !lmr_ok(tp, rkey, off, len) : !rreg_check(tp, pe, rkey, off, len))
         return DSM_EINVAL;
     struct rdma_op *op;
     int64_t deadline = now_ms() + tp->core->timeout_ms;
@@ -1836,6 +1917,12 @@ static int rdma_init(const dsm_tp_core_t *core, dsm_tp_t **tp_p, char *why, size
     tp->size = core->size;
     tp->rank = core->rank;
     tp->refuse_from = -1;
+    tp->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (tp->wake_fd < 0) {
+        snprintf(why, why_len, "eventfd: %s", strerror(errno));
+        free(tp);
+        return DSM_ESYS;
+    }
     /* Test hook: "A-B" makes node A refuse node B's connection (tests/multi/rdma_fallback.sh). */
     const char *hook = getenv("DSM_TEST_RDMA_REFUSE");
     int ha, hb;
@@ -1992,6 +2079,10 @@ static void rdma_finalize(dsm_tp_t *tp)
             pthread_mutex_destroy(&pe->slock);
         }
     }
+    if (tp->self_pasv) {
+        rdma_destroy_qp(tp->self_pasv);
+        rdma_destroy_id(tp->self_pasv);
+    }
     if (tp->srq)
         ibv_destroy_srq(tp->srq);
     if (tp->scq)
@@ -2027,6 +2118,8 @@ static void rdma_finalize(dsm_tp_t *tp)
     pthread_mutex_destroy(&tp->oplock);
     pthread_rwlock_destroy(&tp->mrlock);
     pthread_rwlock_destroy(&tp->rlock);
+    if (tp->wake_fd >= 0)
+        close(tp->wake_fd);
     free(tp);
 }
 
@@ -2055,6 +2148,16 @@ static int rdma_cpus(dsm_tp_t *tp, char *list, size_t list_len, char *why, size_
     return DSM_OK;
 }
 
+static uint32_t rdma_caps_now(dsm_tp_t *tp)
+{
+    uint32_t c = DSM_TP_CAP_RMA_NATIVE | DSM_TP_CAP_ATOMIC_NATIVE;
+    if (tp->dev.atomic_glob)
+        c |= DSM_TP_CAP_ATOMIC_GLOB;
+    if (tp->peers && tp->peers[tp->rank].state == P_UP)
+        c |= DSM_TP_CAP_ATOMIC_SELF;
+    return c;
+}
+
 __attribute__((visibility("default"))) const struct dsm_tp_ops dsm_tp_rdma_ops = {
     .abi_version = DSM_TP_ABI_VERSION,
     .name = DSM_TP_RDMA_NAME,
@@ -2080,4 +2183,5 @@ __attribute__((visibility("default"))) const struct dsm_tp_ops dsm_tp_rdma_ops =
     .peer_drop = rdma_peer_drop,
     .describe = dsm_tp_rdma_dev_describe,
     .cpus = rdma_cpus,
+    .caps_now = rdma_caps_now,
 };
