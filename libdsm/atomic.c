@@ -6,7 +6,8 @@
  *   dsm_alloc_atomic memory: the word lives only at its home and is never cached; the operation is one
  *   transport atomic on the home's registered memory (native on RDMA, one message on TCP), or a CPU atomic on
  *   the home's own memory when the caller is the home. One agent per word: on TCP both are CPU atomics at the
- *   home. (RDMA without IBV_ATOMIC_GLOB will need the home to go through its NIC too: the RDMA issue.)
+ *   home. Over RDMA without IBV_ATOMIC_GLOB the home goes through its own device too (dsm_rma_atomic_self), so
+ *   device atomics never race with CPU atomics on the same word.
  * A misaligned or non-shared address is a usage error: reported, then abort(), like a bad pointer.
  */
 #include "config.h"
@@ -35,7 +36,7 @@ static uint64_t atomic_op(const char *call, uint64_t *addr, int op, uint64_t ope
         return dsm_pg_atomic(p, addr, op, operand, compare);
     int home = dsm_page_home(p);
     size_t off_in_range = (uintptr_t)addr - (uintptr_t)dsm_region.app;
-    if (home == dsm_core_rank()) {
+    if (home == dsm_core_rank() && !dsm_rma_atomic_self()) {
         uint64_t *w = (uint64_t *)(dsm_region.sys + off_in_range), old;
         if (op == DSM_TP_ATOMIC_FADD)
             return __atomic_fetch_add(w, operand, __ATOMIC_SEQ_CST);

@@ -40,6 +40,9 @@ int dsm_core_size(void);
 dsm_boot_t *dsm_core_boot(void);
 const dsm_config_t *dsm_core_config(void);
 
+/* Bind the calling thread (the progress thread) to DSM_PROGRESS_CPU, else near the RDMA device in use. */
+void dsm_progress_bind(void);
+
 /* Handlers run on the progress thread and must not block. Registering an id twice is DSM_EBUSY. */
 int dsm_am_register(uint8_t am_id, dsm_tp_am_fn_t fn, void *arg);
 /* Send to peer (self runs the handler in the calling thread). */
@@ -68,6 +71,9 @@ int dsm_rma_get(int peer, void *dst, size_t len, const dsm_mreg_t *m, uint64_t o
 int dsm_rma_atomic(int peer, enum dsm_tp_atomic_op op, const dsm_mreg_t *m, uint64_t off, uint64_t operand,
                    uint64_t compare, uint64_t *old);
 int dsm_rma_flush(int peer);
+/* Must this node's own atomics on registered memory go through dsm_rma_atomic(own rank) (a provider whose device
+ * atomics are not atomic with CPU atomics serves its peers)? */
+int dsm_rma_atomic_self(void);
 
 /* Wait for a request: spin briefly, then futex; DSM_ETIMEDOUT after DSM_TIMEOUT. Returns the request's status. */
 int dsm_req_wait(dsm_tp_req_t *req);

@@ -11,6 +11,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -45,6 +46,7 @@ static struct {
     int ntp;
     struct tp_inst tp[DSM_TP_MAX];
     int8_t *peer_tp;  /* [size]: index into tp, -1 for self */
+    int atomic_self;  /* index into tp of the provider that does this node's own atomics, or -1 (CPU atomics) */
     char tp_name[64];
     pthread_t progress[DSM_TP_MAX];
     int nprogress;
@@ -222,6 +224,13 @@ static const char *core_setting(const char *name)
         return core.cfg.tcp_iface[0] ? core.cfg.tcp_iface : NULL;
     if (strcmp(name, "DSM_WAIT") == 0)
         return dsm_wait_name(dsm_wait_mode); /* as chosen at init, also when unset */
+    if (strcmp(name, "DSM_RDMA_DEVICE") == 0)
+        return core.cfg.rdma_device[0] ? core.cfg.rdma_device : NULL;
+    if (strcmp(name, "DSM_RDMA_PORT") == 0) {
+        static char port[8];
+        snprintf(port, sizeof port, "%d", core.cfg.rdma_port);
+        return core.cfg.rdma_port ? port : NULL;
+    }
     return NULL;
 }
 
@@ -380,9 +389,23 @@ int dsm_rma_get_nb(int peer, void *dst, size_t len, const dsm_mreg_t *m, uint64_
     return PEER_TP(peer)->ops->get(PEER_TP(peer)->tp, peer, dst, len, &m->rkey[peer], off, req);
 }
 
+int dsm_rma_atomic_self(void)
+{
+    return core.up && core.atomic_self >= 0;
+}
+
 int dsm_rma_atomic_nb(int peer, enum dsm_tp_atomic_op op, const dsm_mreg_t *m, uint64_t off, uint64_t operand,
                       uint64_t compare, dsm_tp_req_t *req)
 {
+    if (peer == core.rank && dsm_rma_atomic_self() && m && off <= m->len && 8 <= m->len - off) {
+        /* This node's own word, through the same device as its peers' atomics (DESIGN.md 4.2). */
+        struct tp_inst *t = &core.tp[core.atomic_self];
+        dsm_tp_rkey_t self = {.addr = (uint64_t)(uintptr_t)m->addr, .len = m->len, .key = m->mr[core.atomic_self].key};
+        if ((self.addr + off) % 8 || (op != DSM_TP_ATOMIC_FADD && op != DSM_TP_ATOMIC_CSWAP))
+            return DSM_EINVAL;
+        dsm_req_init(req);
+        return t->ops->atomic(t->tp, peer, op, &self, off, operand, compare, req);
+    }
     int rc = rma_check(peer, 8, m, off);
     if (rc)
         return rc;
@@ -440,10 +463,53 @@ void dsm_core_stats(dsm_stats_core_t *s)
 
 /* ---- progress thread ---- */
 
+/* Bind the calling thread (the progress thread) near the network (issue 5 item 4): to DSM_PROGRESS_CPU when
+ * set, else to the CPUs nearest the device of a provider in use that knows them (rdma, through hwloc), within
+ * the CPUs this process may use; else leave it where it is. Says what it did at info level. */
+void dsm_progress_bind(void)
+{
+    char list[256] = "", why[256] = "", from[96] = "";
+    if (core.cfg.progress_cpu[0]) {
+        snprintf(list, sizeof list, "%s", core.cfg.progress_cpu);
+        snprintf(from, sizeof from, "DSM_PROGRESS_CPU");
+    }
+    for (int i = 0; !list[0] && i < core.ntp; i++) {
+        if (!core.tp[i].used || !core.tp[i].ops->cpus)
+            continue;
+        if (core.tp[i].ops->cpus(core.tp[i].tp, list, sizeof list, why, sizeof why) == DSM_OK)
+            snprintf(from, sizeof from, "transport %s, %.60s", core.tp[i].ops->name, why);
+        else
+            dsm_debug("progress thread not bound by transport %s: %s", core.tp[i].ops->name, why);
+    }
+    if (!list[0])
+        return;
+    uint8_t bits[CPU_SETSIZE / 8];
+    cpu_set_t want, allowed;
+    CPU_ZERO(&want);
+    if (dsm_parse_cpulist(list, bits, CPU_SETSIZE) != DSM_OK)
+        return;
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (bits[c / 8] >> (c % 8) & 1)
+            CPU_SET(c, &want);
+    if (sched_getaffinity(0, sizeof allowed, &allowed) == 0 && !core.cfg.progress_cpu[0]) {
+        CPU_AND(&want, &want, &allowed);
+        if (CPU_EQUAL(&want, &allowed) || CPU_COUNT(&want) == 0) {
+            dsm_debug("progress thread not bound: CPUs %s (%s) are every CPU this process may use", list, from);
+            return;
+        }
+    }
+    int e = pthread_setaffinity_np(pthread_self(), sizeof want, &want);
+    if (e)
+        dsm_warn("cannot bind the progress thread to CPUs %s (%s): %s", list, from, strerror(e));
+    else
+        dsm_info("progress thread bound to CPUs %s (%s)", list, from);
+}
+
 /* One per provider in use, so a provider that sleeps in its own wait (epoll, a futex) never delays another. */
 static void *progress_main(void *arg)
 {
     struct tp_inst *t = arg;
+    dsm_progress_bind();
     while (!__atomic_load_n(&core.progress_stop, __ATOMIC_ACQUIRE))
         t->ops->progress(t->tp, 100);
     return NULL;
@@ -514,43 +580,163 @@ static int tp_agree_lists(char *err, size_t err_len)
     return rc;
 }
 
+/* Connect each peer with the first provider of the list that both ends started and that connected at both ends
+ * (DESIGN.md 4.4, issue 5 item 3). Providers are tried in list order, one round each, on the pairs still
+ * unsettled; after a round every node publishes which of its connections came up (a bitmap per provider) and
+ * a pair settles on that provider only when both ends say so. A pair where one end failed (an rdma_cm reject, a
+ * timeout) drops the connection at the other end (peer_drop) and tries the next provider, said at info level.
+ * Every node runs every round, so the fences match. reasons[] holds why each provider did not start here. */
+static int tp_connect_agreed(char reasons[][256], char *err, size_t err_len)
+{
+    int rc = DSM_OK;
+    size_t nbytes = ((size_t)core.size + 7) / 8;
+    uint8_t *mine = calloc(nbytes, 1), *theirs = calloc(nbytes, 1), *cand = calloc((size_t)core.size, 1);
+    void **addrs = calloc((size_t)core.size, sizeof(void *));
+    size_t *lens = calloc((size_t)core.size, sizeof(size_t));
+    int *settled = calloc((size_t)core.size, sizeof(int));
+    if (!mine || !theirs || !cand || !addrs || !lens || !settled) {
+        rc = DSM_ENOMEM;
+        goto out;
+    }
+    for (int p = 0; p < core.size; p++)
+        core.peer_tp[p] = -1;
+    settled[core.rank] = 1;
+    for (int i = 0; i < core.ntp; i++) {
+        struct tp_inst *t = &core.tp[i];
+        const char *name = t->ops->name;
+        char key[48];
+        snprintf(key, sizeof key, "tp.%s", name);
+        memset(mine, 0, nbytes);
+        memset(cand, 0, (size_t)core.size);
+        int ncand = 0;
+        for (int p = 0; t->tp && p < core.size; p++) {
+            if (settled[p])
+                continue;
+            uint8_t buf[DSM_TP_ADDR_MAX];
+            size_t n = sizeof buf;
+            if ((rc = core.boot.get(&core.boot, p, key, buf, &n)) != DSM_OK) {
+                snprintf(err, err_len, "node %d published no address for transport %s", p, name);
+                goto out;
+            }
+            if (n == 0 || (t->ops->reach && !t->ops->reach(t->tp, p, buf, n)))
+                continue;
+            if (!(addrs[p] = malloc(n))) {
+                rc = DSM_ENOMEM;
+                goto out;
+            }
+            memcpy(addrs[p], buf, n);
+            lens[p] = n;
+            cand[p] = 1;
+            ncand++;
+        }
+        if (ncand) {
+            int crc = t->ops->connect(t->tp, (const void *const *)addrs, lens);
+            for (int p = 0; p < core.size; p++)
+                if (cand[p] && (t->ops->peer_up ? t->ops->peer_up(t->tp, p) : crc == DSM_OK))
+                    mine[p / 8] |= (uint8_t)(1u << (p % 8));
+        }
+        for (int p = 0; p < core.size; p++) {
+            free(addrs[p]);
+            addrs[p] = NULL;
+            lens[p] = 0;
+        }
+        snprintf(key, sizeof key, "tp.up.%s", name);
+        if ((rc = core.boot.put(&core.boot, key, mine, nbytes)) || (rc = core.boot.fence(&core.boot))) {
+            snprintf(err, err_len, "the rendezvous failed while agreeing on transport %s", name);
+            goto out;
+        }
+        for (int p = 0; p < core.size; p++) {
+            if (!cand[p])
+                continue;
+            size_t n = nbytes;
+            int up_here = mine[p / 8] >> (p % 8) & 1, up_there = 0;
+            if (core.boot.get(&core.boot, p, key, theirs, &n) == DSM_OK && n == nbytes)
+                up_there = theirs[core.rank / 8] >> (core.rank % 8) & 1;
+            if (up_here && up_there) {
+                core.peer_tp[p] = (int8_t)i;
+                settled[p] = 1;
+                t->used = 1;
+                continue;
+            }
+            dsm_info("transport %s: no connection with node %d (%s); that pair tries the next transport", name, p,
+                     up_here ? "it failed at the other end" : "it failed here; see the transport's message above");
+            if (up_here && t->ops->peer_drop)
+                t->ops->peer_drop(t->tp, p);
+        }
+    }
+    for (int p = 0; p < core.size; p++) {
+        if (settled[p])
+            continue;
+        char why[512] = "";
+        for (int i = 0; i < core.ntp; i++)
+            if (reasons[i][0])
+                snprintf(why + strlen(why), sizeof why - strlen(why), "; here %s cannot start: %.200s",
+                         core.tp[i].ops->name, reasons[i]);
+        snprintf(err, err_len, "node %d cannot be reached by any transport of DSM_TRANSPORT='%s'%.300s%s", p,
+                 core.cfg.tp_list, why, why[0] ? "" : " (run with DSM_LOG_LEVEL=info for the reasons)");
+        rc = DSM_EUNREACH;
+        goto out;
+    }
+out:
+    for (int p = 0; addrs && p < core.size; p++)
+        free(addrs[p]);
+    free(mine);
+    free(theirs);
+    free(cand);
+    free(addrs);
+    free(lens);
+    free(settled);
+    return rc;
+}
+
+static void tp_atomic_agent(void);
+
 static int tp_select(char *err, size_t err_len)
 {
     int rc = tp_agree_lists(err, err_len);
     if (rc)
         return rc;
-    /* Start every provider of the list that is built; publish an address for each that started. */
+    /* Start every provider of the list that is built; publish an address for each (empty when it did not
+     * start, or is not built here, so every node finds every key). */
+    char reasons[DSM_TP_MAX][256];
+    int started = 0;
     for (int i = 0; i < core.cfg.ntp; i++) {
         const char *name = core.cfg.tp[i];
         const struct dsm_tp_ops *ops = dsm_tp_lookup(name);
-        if (!ops) {
-            if (core.cfg.tp_explicit) {
-                snprintf(err, err_len, "DSM_TRANSPORT='%s': transport '%s' was not built into this libdsm "
-                         "(built: %s; see dsm_info)", core.cfg.tp_list, name, dsm_tp_built_names());
-                return DSM_ENOSYS;
-            }
-            dsm_info("transport %s: not built, skipped", name);
-            continue;
-        }
-        struct tp_inst *t = &core.tp[core.ntp++];
-        t->ops = ops;
-        char why[256] = "";
         uint8_t addr[DSM_TP_ADDR_MAX];
         size_t alen = 0;
-        if (ops->init(&core.services, &t->tp, why, sizeof why) != DSM_OK) {
+        char key[32];
+        snprintf(key, sizeof key, "tp.%s", name);
+        if (!ops) {
+            if (core.cfg.tp_explicit) {
+                snprintf(err, err_len, "DSM_TRANSPORT='%s': transport '%s' was not built into this libdsm (%s; "
+                         "see dsm_info)", core.cfg.tp_list, name, dsm_tp_lookup_error(name));
+                return DSM_ENOSYS;
+            }
+            dsm_info("transport %s: %s; skipped", name, dsm_tp_lookup_error(name));
+            if ((rc = core.boot.put(&core.boot, key, addr, 0)))
+                return rc;
+            continue;
+        }
+        struct tp_inst *t = &core.tp[core.ntp];
+        char *why = reasons[core.ntp++];
+        why[0] = '\0';
+        t->ops = ops;
+        if (ops->init(&core.services, &t->tp, why, sizeof reasons[0]) != DSM_OK) {
             dsm_info("transport %s: cannot start here: %s", name, why);
             t->tp = NULL;
         } else {
             alen = sizeof addr;
             if (ops->addr_get(t->tp, addr, &alen) != DSM_OK) {
+                snprintf(why, sizeof reasons[0], "no address to publish");
                 dsm_info("transport %s: no address to publish", name);
                 ops->finalize(t->tp);
                 t->tp = NULL;
                 alen = 0;
+            } else {
+                started++;
             }
         }
-        char key[32];
-        snprintf(key, sizeof key, "tp.%s", name);
         if ((rc = core.boot.put(&core.boot, key, addr, alen)))
             return rc;
     }
@@ -561,77 +747,55 @@ static int tp_select(char *err, size_t err_len)
     }
     if ((rc = core.boot.fence(&core.boot)))
         return rc;
-
-    /* Choose per peer; fetch the addresses of the chosen provider. */
-    void **addrs[DSM_TP_MAX] = {0};
-    size_t *lens[DSM_TP_MAX] = {0};
-    for (int i = 0; i < core.ntp; i++) {
-        addrs[i] = calloc((size_t)core.size, sizeof(void *));
-        lens[i] = calloc((size_t)core.size, sizeof(size_t));
-        if (!addrs[i] || !lens[i]) {
-            rc = DSM_ENOMEM;
-            goto out;
-        }
+    rc = tp_connect_agreed(reasons, err, err_len);
+    if (rc == DSM_EUNREACH && !started) {
+        /* Nothing could start on this node: say so first, it is the cause (e.g. DSM_TRANSPORT=rdma, no device). */
+        char why[512] = "";
+        for (int i = 0; i < core.ntp; i++)
+            snprintf(why + strlen(why), sizeof why - strlen(why), "%s%s: %.200s", why[0] ? "; " : "",
+                     core.tp[i].ops->name, reasons[i]);
+        snprintf(err, err_len, "DSM_TRANSPORT='%s': no transport can start on this node: %.300s", core.cfg.tp_list, why);
+        return DSM_ENOSYS;
     }
-    for (int p = 0; p < core.size; p++) {
-        core.peer_tp[p] = -1;
-        if (p == core.rank)
-            continue;
-        for (int i = 0; i < core.ntp && core.peer_tp[p] < 0; i++) {
-            if (!core.tp[i].tp)
-                continue;
-            uint8_t buf[DSM_TP_ADDR_MAX];
-            size_t n = sizeof buf;
-            char key[32];
-            snprintf(key, sizeof key, "tp.%s", core.tp[i].ops->name);
-            if ((rc = core.boot.get(&core.boot, p, key, buf, &n)) != DSM_OK) {
-                snprintf(err, err_len, "node %d published no address for transport %s", p, core.tp[i].ops->name);
-                goto out;
-            }
-            if (n == 0)
-                continue;
-            if (core.tp[i].ops->reach && !core.tp[i].ops->reach(core.tp[i].tp, p, buf, n))
-                continue;
-            if (!(addrs[i][p] = malloc(n))) {
-                rc = DSM_ENOMEM;
-                goto out;
-            }
-            memcpy(addrs[i][p], buf, n);
-            lens[i][p] = n;
-            core.peer_tp[p] = (int8_t)i;
-            core.tp[i].used = 1;
-        }
-        if (core.peer_tp[p] < 0) {
-            snprintf(err, err_len, "node %d cannot be reached by any transport of DSM_TRANSPORT='%s' "
-                     "(run with DSM_LOG_LEVEL=info for the reasons)", p, core.cfg.tp_list);
-            rc = DSM_EUNREACH;
-            goto out;
-        }
-    }
-    for (int i = 0; i < core.ntp; i++) {
-        if (!core.tp[i].used)
-            continue;
-        rc = core.tp[i].ops->connect(core.tp[i].tp, (const void *const *)addrs[i], lens[i]);
-        if (rc) {
-            snprintf(err, err_len, "transport %s could not connect to every peer (see the log above)",
-                     core.tp[i].ops->name);
-            goto out;
-        }
-    }
-    /* Name the mix, in preference order. */
+    if (rc)
+        return rc;
+    tp_atomic_agent();
+    /* Providers that serve no peer are closed; name the mix, in preference order. */
     core.tp_name[0] = '\0';
-    for (int i = 0; i < core.ntp; i++)
+    for (int i = 0; i < core.ntp; i++) {
+        if (core.tp[i].tp && !core.tp[i].used) {
+            core.tp[i].ops->finalize(core.tp[i].tp);
+            core.tp[i].tp = NULL;
+        }
         if (core.tp[i].used)
             snprintf(core.tp_name + strlen(core.tp_name), sizeof core.tp_name - strlen(core.tp_name), "%s%s",
                      core.tp_name[0] ? "+" : "", core.tp[i].ops->name);
-out:
-    for (int i = 0; i < core.ntp; i++) {
-        for (int p = 0; addrs[i] && p < core.size; p++)
-            free(addrs[i][p]);
-        free(addrs[i]);
-        free(lens[i]);
     }
-    return rc;
+    return DSM_OK;
+}
+
+/* Which provider does this node's own atomics (issue 5, DESIGN.md 4.2): one whose device atomics are not
+ * atomic with CPU atomics must do the home's atomics too, through its loopback, so one agent does them all. */
+static void tp_atomic_agent(void)
+{
+    core.atomic_self = -1;
+    for (int i = 0; i < core.ntp; i++) {
+        struct tp_inst *t = &core.tp[i];
+        if (!t->used)
+            continue;
+        uint32_t caps = t->ops->caps_now ? t->ops->caps_now(t->tp) : t->ops->caps;
+        if (!(caps & DSM_TP_CAP_ATOMIC_NATIVE) || (caps & DSM_TP_CAP_ATOMIC_GLOB))
+            continue;
+        if (caps & DSM_TP_CAP_ATOMIC_SELF) {
+            core.atomic_self = i;
+            dsm_info("atomics on memory this node homes go through transport %s too (its device atomics are not "
+                     "atomic with CPU atomics)", t->ops->name);
+        } else {
+            dsm_warn("transport %s: device atomics are not atomic with CPU atomics and this node cannot use its own "
+                     "device: its own atomics on dsm_alloc_atomic memory may race with its peers'", t->ops->name);
+        }
+        return;
+    }
 }
 
 /* How many ranks of the job run on this host (same host name and boot id). */
@@ -721,6 +885,7 @@ DSM_API int dsm_init_version(int api_version, int *argc, char ***argv)
     }
     core.rank = core.boot.rank;
     core.size = core.boot.size;
+    core.atomic_self = -1;
     dsm_log_set_rank(core.rank);
     core.up = 1;
     core.progress_stop = 0;

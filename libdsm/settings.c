@@ -27,6 +27,13 @@ const struct dsm_setting dsm_settings[] = {
      "ordered list of transports; each peer is reached by the first one both ends can use (shm, rdma, tcp)"},
     {"DSM_TCP_IFACE", NULL,
      "network interface whose IPv4 address the tcp transport advertises (default: first up non-loopback one, else lo)"},
+    {"DSM_RDMA_DEVICE", NULL,
+     "RDMA device the rdma transport uses, e.g. rxe0 (default: the one nearest this process's CPUs per hwloc)"},
+    {"DSM_RDMA_PORT", NULL, "port of the RDMA device (default: its first active port with a RoCE/IPv4 address)"},
+    {"DSM_PROGRESS_CPU", NULL,
+     "CPU list the progress thread is bound to, e.g. 3 or 2-3 (default: the CPUs nearest the RDMA device, if known)"},
+    {"DSM_MODULE_PATH", NULL,
+     "directory the rdma module dsm_tp_rdma.so is loaded from (default: the package library directory)"},
     {"DSM_LOG_LEVEL", "warn", "log verbosity: error, warn, info, debug, trace"},
     {"DSM_STATS", "0", "1: print per-node counters (messages, faults, pages, invalidations) and the most moved pages at dsm_finalize"},
     {"DSM_WAIT", "adaptive",
@@ -87,6 +94,38 @@ int dsm_parse_size(const char *s, uint64_t *v)
         return DSM_EINVAL;
     *v = x << shift;
     return DSM_OK;
+}
+
+int dsm_parse_cpulist(const char *s, uint8_t *set, size_t nbits)
+{
+    if (!s || !*s)
+        return DSM_EINVAL;
+    if (set)
+        memset(set, 0, (nbits + 7) / 8);
+    const char *p = s;
+    for (;;) {
+        char *end;
+        if (!isdigit((unsigned char)*p))
+            return DSM_EINVAL;
+        unsigned long a = strtoul(p, &end, 10), b = a;
+        p = end;
+        if (*p == '-') {
+            p++;
+            if (!isdigit((unsigned char)*p))
+                return DSM_EINVAL;
+            b = strtoul(p, &end, 10);
+            p = end;
+        }
+        if (b < a || b >= 65536)
+            return DSM_EINVAL;
+        for (unsigned long c = a; set && c <= b && c < nbits; c++)
+            set[c / 8] |= (uint8_t)(1u << (c % 8));
+        if (*p == '\0')
+            return DSM_OK;
+        if (*p != ',')
+            return DSM_EINVAL;
+        p++;
+    }
 }
 
 static int parse_transport(dsm_config_t *cfg, const char *val, char *err, size_t len)
@@ -155,6 +194,21 @@ int dsm_config_parse(dsm_config_t *cfg, dsm_getenv_fn_t get, char *err, size_t l
             return fail(err, len, "DSM_TCP_IFACE='%s' is not a valid interface name", v);
         strcpy(cfg->tcp_iface, v);
     }
+
+    if ((v = get("DSM_RDMA_DEVICE"))) {
+        if (!*v || strlen(v) >= sizeof cfg->rdma_device || strchr(v, '/') || strchr(v, ' '))
+            return fail(err, len, "DSM_RDMA_DEVICE='%s' is not a valid device name (e.g. rxe0, mlx5_0)", v);
+        strcpy(cfg->rdma_device, v);
+    }
+    if ((v = get("DSM_RDMA_PORT")) && (rc = parse_int_range("DSM_RDMA_PORT", v, 1, 255, &cfg->rdma_port, err, len)))
+        return rc;
+    if ((v = get("DSM_PROGRESS_CPU"))) {
+        if (dsm_parse_cpulist(v, NULL, 0) != DSM_OK || strlen(v) >= sizeof cfg->progress_cpu)
+            return fail(err, len, "DSM_PROGRESS_CPU='%s' is not valid (valid: a CPU list such as 3, 2-3 or 0,4-5)", v);
+        strcpy(cfg->progress_cpu, v);
+    }
+    if ((v = get("DSM_MODULE_PATH")) && (!*v || strlen(v) >= 400))
+        return fail(err, len, "DSM_MODULE_PATH='%s' is not valid (valid: a directory holding dsm_tp_rdma.so)", v);
 
     cfg->wait_mode = -1;
     if ((v = get("DSM_WAIT"))) {

@@ -28,6 +28,9 @@ typedef struct dsm_config {
     int tp_explicit;
     char tp_list[64];        /* the list as given, for messages and the cross-node check */
     char tcp_iface[32];
+    char rdma_device[64];    /* DSM_RDMA_DEVICE, empty when unset */
+    int rdma_port;           /* DSM_RDMA_PORT, 0 when unset */
+    char progress_cpu[128];  /* DSM_PROGRESS_CPU, empty when unset */
     int timeout_s;
     int stats;
     int wait_mode;           /* DSM_WAIT_*, or -1 when unset (chosen at init from the ranks per host) */
@@ -49,5 +52,7 @@ int dsm_config_parse(dsm_config_t *cfg, dsm_getenv_fn_t get, char *err, size_t e
 /* Parse helpers, exposed for unit tests and tools. */
 int dsm_parse_u64(const char *s, uint64_t *v);
 int dsm_parse_size(const char *s, uint64_t *v);  /* accepts K, M, G, T suffixes (powers of 1024) */
+/* A Linux CPU list ("3", "2-3", "0,4-5"); sets bit c of set (nbits long) for each CPU c when set is not NULL. */
+int dsm_parse_cpulist(const char *s, uint8_t *set, size_t nbits);
 
 #endif /* DSM_SETTINGS_H */

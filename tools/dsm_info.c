@@ -2,7 +2,8 @@
 /*
  * dsm_info - what this libdsm is and what it would do here: version, bootstraps, the transports built and
  * whether each can start on this host (with the reason when not), and every DSM_* setting with its current
- * value and a one-line description. Exits 1 when a setting in the environment is invalid, naming it.
+ * value and a one-line description. Providers that can describe their devices (rdma: devices, ports, state, GIDs,
+ * link layer, NUMA locality) get a section of their own. Exits 1 when a setting in the environment is invalid, naming it.
  */
 #include "config.h"
 
@@ -28,11 +29,10 @@ static const char *info_setting(const char *name)
     return getenv(name);
 }
 
-static const char *not_built_reason(const char *name)
+static void print_line(void *arg, const char *text)
 {
-    if (strcmp(name, "rdma") == 0)
-        return "not built: the RDMA provider is not part of this release yet";
-    return "not built";
+    (void)arg;
+    printf("  %s\n", text);
 }
 
 int main(int argc, char **argv)
@@ -56,7 +56,7 @@ int main(int argc, char **argv)
         const char *name = dsm_tp_known_names[i];
         const struct dsm_tp_ops *ops = dsm_tp_lookup(name);
         if (!ops) {
-            printf("  %-8s  %s\n", name, not_built_reason(name));
+            printf("  %-8s  %s\n", name, dsm_tp_lookup_error(name));
             continue;
         }
         char why[256] = "";
@@ -65,6 +65,15 @@ int main(int argc, char **argv)
     }
     printf("  (chosen per pair of ranks: the first of DSM_TRANSPORT that both ends can use; shm only between ranks\n"
            "   with the same host identity; a job's mix is dsm_transport_name(), e.g. shm+tcp, and DSM_STATS)\n");
+
+    /* What the providers see on this host: RDMA devices, ports, GIDs, link layer, locality. */
+    for (int i = 0; dsm_tp_known_names[i]; i++) {
+        const struct dsm_tp_ops *ops = dsm_tp_lookup(dsm_tp_known_names[i]);
+        if (!ops || !ops->describe)
+            continue;
+        printf("\n%s devices:\n", ops->name);
+        ops->describe(&core, print_line, NULL);
+    }
 
     struct rlimit rl;
     printf("\nlimits:\n");
@@ -92,7 +101,7 @@ int main(int argc, char **argv)
             snprintf(shown, sizeof shown, "%s (default)", s->def);
         else
             snprintf(shown, sizeof shown, "(not set)");
-        printf("  %-14s %-28s %s\n", s->name, shown, s->doc);
+        printf("  %-16s %-28s %s\n", s->name, shown, s->doc);
     }
 
     dsm_config_t cfg;

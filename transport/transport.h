@@ -31,6 +31,13 @@
  * is a MAP_SHARED mapping of a file descriptor (the region's memfd, sealed against shrinking), given with its
  * offset, so a provider whose peers share this host (shm) can map it in their address spaces; other providers
  * ignore the descriptor.
+ *
+ * ABI 3 added, at the end of struct dsm_tp_ops, optional ops (NULL when a provider has none): peer_up and
+ * peer_drop, so a connection that failed to one peer can fall back to the next provider for that pair only;
+ * describe, for dsm_info's listing of devices; cpus, the CPUs nearest the device a provider uses (the core binds
+ * its progress thread there); caps_now, the capabilities of this instance on this device (ATOMIC_GLOB when the
+ * device says so; ATOMIC_SELF when atomic() accepts this node's own rank, which the home of a word then uses for
+ * its own atomics, so that they are not CPU atomics beside device atomics: DESIGN.md 4.2).
  */
 #ifndef DSM_TRANSPORT_H
 #define DSM_TRANSPORT_H
@@ -38,7 +45,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DSM_TP_ABI_VERSION 2
+#define DSM_TP_ABI_VERSION 3
 
 /* Largest active-message header and payload every provider must accept. */
 #define DSM_TP_AM_HDR_MAX 256u
@@ -52,6 +59,8 @@ enum {
     DSM_TP_CAP_ATOMIC_NATIVE = 1u << 1, /* atomics without the target's CPU */
     DSM_TP_CAP_ATOMIC_GLOB = 1u << 2,   /* provider atomics are atomic with CPU atomics on the target */
     DSM_TP_CAP_AM_ORDERED = 1u << 3,    /* active messages and puts to a peer are delivered in issue order */
+    DSM_TP_CAP_ATOMIC_SELF = 1u << 4,   /* atomic() also takes this node's own rank (through the device, so the
+                                         * home's own atomics and its peers' are done by one agent) */
 };
 
 enum dsm_tp_atomic_op {
@@ -158,6 +167,20 @@ struct dsm_tp_ops {
     /* Best effort, on the way out of a failing node: tell every peer that node was lost, so they report the
      * cause rather than this node's exit. Takes no lock that another thread may hold; never blocks. */
     void (*tell_lost)(dsm_tp_t *tp, int node);
+    /* ABI 3, optional. After connect (whatever it returned): is the connection to peer up? NULL: connect's
+     * status holds for every peer. */
+    int (*peer_up)(dsm_tp_t *tp, int peer);
+    /* ABI 3, optional. Close peer's connection without reporting it lost: the pair agreed through the
+     * rendezvous to use another provider (the other end failed to connect). */
+    void (*peer_drop)(dsm_tp_t *tp, int peer);
+    /* ABI 3, optional. Print what this provider sees on this host (devices, ports, addresses, locality) as
+     * indented lines, for dsm_info. Only core->log and core->setting are used. */
+    void (*describe)(const dsm_tp_core_t *core, void (*line)(void *arg, const char *text), void *arg);
+    /* ABI 3, optional. The CPUs nearest the device this instance uses, as a Linux CPU list ("0-3,8"), for
+     * binding the progress thread; DSM_ENOSYS when unknown, with why (e.g. a software device). */
+    int (*cpus)(dsm_tp_t *tp, char *list, size_t list_len, char *why, size_t why_len);
+    /* ABI 3, optional. The capabilities of this started instance (NULL: the static caps). */
+    uint32_t (*caps_now)(dsm_tp_t *tp);
 };
 
 /* Registry (transport/registry.c). */
@@ -168,5 +191,7 @@ extern const char *const dsm_tp_known_names[];
 const struct dsm_tp_ops *dsm_tp_lookup(const char *name);
 /* The built providers' names, comma-separated (static). */
 const char *dsm_tp_built_names(void);
+/* Why dsm_tp_lookup(name) gave NULL: "not built ..." or, for a module, where it was looked for and what failed. */
+const char *dsm_tp_lookup_error(const char *name);
 
 #endif /* DSM_TRANSPORT_H */

@@ -14,6 +14,8 @@
  *   behave pingpong-kill R     ranks 0 and 1 hand a page (homed on the last rank) back and forth; rank R kills
  *                              itself with SIGKILL in the middle; the others wait in barriers
  *   behave lockwait-kill       rank 0 holds a lock that rank 1 waits for, then kills itself
+ *   behave name                init, print "rank R transport NAME", barrier, finalize (rdma.sh)
+ *   behave pingpong-ready DIR  as pingpong-kill without a victim; each rank creates DIR/ready.R once running
  * Exit status: 0, or the dsm_init error's status as a positive number (e.g. 7 for DSM_EMISMATCH).
  */
 #include "config.h"
@@ -118,6 +120,27 @@ int main(int argc, char **argv)
                     ;
                 if (me == arg && i > 300)
                     raise(SIGKILL);
+                pg[1] = i;
+                pg[0] = i + 1;
+            }
+        barriers_forever();
+    }
+    if (!strcmp(mode, "name")) {
+        printf("rank %d transport %s\n", me, dsm_transport_name());
+        fflush(stdout);
+        return dsm_barrier() == DSM_OK && dsm_finalize() == DSM_OK ? 0 : 1;
+    }
+    if (!strcmp(mode, "pingpong-ready")) {
+        volatile uint64_t *pg = dsm_alloc_home(4096, dsm_size() - 1);
+        if (!pg || dsm_barrier() != DSM_OK || argc < 3)
+            return 2;
+        char path[4096];
+        snprintf(path, sizeof path, "%s/ready.%d", argv[2], me);
+        close(open(path, O_CREAT | O_WRONLY, 0600));
+        if (me < 2)
+            for (uint64_t i = (uint64_t)me;; i += 2) {
+                while (pg[0] != i)
+                    ;
                 pg[1] = i;
                 pg[0] = i + 1;
             }

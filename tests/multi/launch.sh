@@ -78,7 +78,14 @@ rc=$(DSM_TRANSPORT=foo run -n 2 "$behave" ok)
 check "DSM_TRANSPORT=foo is refused (got $rc)" '[ "$rc" = 1 ] && grep -q "unknown transport .foo. (valid: shm, rdma, tcp)" "$tmp/err"'
 
 rc=$(DSM_TRANSPORT=rdma run -n 2 "$behave" ok)
-check "DSM_TRANSPORT=rdma, not built: refused, naming it (got $rc)" '[ "$rc" = 3 ] && grep -q "transport .rdma. was not built" "$tmp/err"'
+if "$top/tools/dsm_info" | grep -q "^  rdma .*can start here"; then
+  check "DSM_TRANSPORT=rdma where an RDMA device works: runs (got $rc)" '[ "$rc" = 0 ]'
+elif "$top/tools/dsm_info" | grep -q "^  rdma .*built; cannot start here"; then
+  check "DSM_TRANSPORT=rdma, built but no usable device: refused with the reason (got $rc)" \
+    '[ "$rc" = 3 ] && grep -q "DSM_TRANSPORT=.rdma.: no transport can start on this node: rdma: no RDMA device" "$tmp/err"'
+else
+  check "DSM_TRANSPORT=rdma, not built: refused, naming it (got $rc)" '[ "$rc" = 3 ] && grep -q "transport .rdma. was not built" "$tmp/err"'
+fi
 
 rc=$(DSM_BASE=0x310000000000 DSM_HEAP_SIZE=1G run -n 2 "$behave" clash)
 check "a mapping at DSM_BASE on one node fails all nodes (got $rc)" '[ "$rc" = 7 ]'

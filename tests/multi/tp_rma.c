@@ -54,7 +54,7 @@ static void *worker(void *arg)
     if (me != 0) {
         uint64_t last = 0, old;
         for (int i = 0; i < ATOMICS; i++) {
-            MT_CHECK(dsm_rma_atomic(0, DSM_TP_ATOMIC_FADD, words, 0, 1, 0, &old) == DSM_OK, "fetch-add");
+            { int arc = dsm_rma_atomic(0, DSM_TP_ATOMIC_FADD, words, 0, 1, 0, &old); MT_CHECK(arc == DSM_OK, "fetch-add: %s", dsm_strerror(arc)); }
             MT_CHECK(i == 0 || old > last, "fetch-add old values must increase: %llu after %llu",
                      (unsigned long long)old, (unsigned long long)last);
             last = old;

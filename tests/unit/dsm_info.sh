@@ -15,7 +15,8 @@ ver=$(sed -n 's/^AC_INIT(\[libdsm\], \[\([0-9.]*\)\].*/\1/p' "$src/configure.ac"
 check "prints the package version $ver" 'grep -q "^libdsm $ver " <<<"$out"'
 check "lists every transport by name, tcp startable here" \
   'grep -q "^  shm " <<<"$out" && grep -q "^  rdma " <<<"$out" && grep -q "^  tcp .*built; can start here: advertises " <<<"$out"'
-check "says why a transport is not built" 'grep -q "^  rdma .*not built: " <<<"$out"'
+check "says why rdma is not built, or why it cannot start here" \
+  'grep -Eq "^  rdma .*(not built|not installed|can start here|cannot start here: .)" <<<"$out"'
 check "shm startable here, naming this host's identity" \
   'grep -q "^  shm .*built; can start here: memfd queues between ranks of this host ($(hostname)/" <<<"$out"'
 check "explains the choice per pair" 'grep -q "chosen per pair of ranks" <<<"$out"'

@@ -143,9 +143,34 @@ int main(void)
     tap_ok(dsm_parse_size("99999999999T", &v) == DSM_EINVAL, "overflowing size refused");
     tap_ok(dsm_parse_u64(" 5", &v) == DSM_EINVAL, "leading space refused");
 
+    /* The rdma settings and the progress CPU list (issue 5). */
+    {
+        dsm_config_t c;
+        char e[512];
+        clear();
+        setenv_fake("DSM_RDMA_DEVICE", "rxe0");
+        setenv_fake("DSM_RDMA_PORT", "1");
+        setenv_fake("DSM_PROGRESS_CPU", "0,2-3");
+        tap_ok(parse(&c, e) == DSM_OK && !strcmp(c.rdma_device, "rxe0") && c.rdma_port == 1 &&
+               !strcmp(c.progress_cpu, "0,2-3"), "DSM_RDMA_DEVICE, DSM_RDMA_PORT, DSM_PROGRESS_CPU parse");
+        clear();
+        setenv_fake("DSM_PROGRESS_CPU", "3-1");
+        tap_ok(parse(&c, e) == DSM_EINVAL && strstr(e, "DSM_PROGRESS_CPU='3-1'"), "DSM_PROGRESS_CPU=3-1 refused: %s", e);
+        clear();
+        setenv_fake("DSM_RDMA_PORT", "0");
+        tap_ok(parse(&c, e) == DSM_EINVAL && strstr(e, "DSM_RDMA_PORT='0'"), "DSM_RDMA_PORT=0 refused");
+        clear();
+        setenv_fake("DSM_RDMA_DEVICE", "a/b");
+        tap_ok(parse(&c, e) == DSM_EINVAL, "DSM_RDMA_DEVICE=a/b refused");
+        uint8_t bits[8];
+        tap_ok(dsm_parse_cpulist("1,4-6", bits, 64) == DSM_OK && bits[0] == 0x72, "CPU list 1,4-6");
+        clear();
+    }
+
     /* The table dsm_info prints covers every variable the parser reads. */
     const char *read[] = {"DSM_TRANSPORT", "DSM_TCP_IFACE", "DSM_LOG_LEVEL", "DSM_STATS", "DSM_WAIT", "DSM_TIMEOUT",
-                          "DSM_BASE", "DSM_HEAP_SIZE", "DSM_RANK", "DSM_SIZE", "DSM_COORD"};
+                          "DSM_BASE", "DSM_HEAP_SIZE", "DSM_RANK", "DSM_SIZE", "DSM_COORD", "DSM_RDMA_DEVICE",
+                          "DSM_RDMA_PORT", "DSM_PROGRESS_CPU", "DSM_MODULE_PATH"};
     int all = 1;
     for (size_t i = 0; i < sizeof read / sizeof read[0]; i++) {
         int found = 0;
