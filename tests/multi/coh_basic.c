@@ -9,7 +9,7 @@
 #include "tests/multi/mt.h"
 
 #define PER_NODE 2048 /* 64-bit words per node: 4 pages */
-#define PINGPONG 10000
+#define PINGPONG ((uint64_t)mt_iters(10000))
 
 int main(int argc, char **argv)
 {
@@ -117,7 +117,7 @@ int main(int argc, char **argv)
     MT_CHECK(dsm_dealloc((void *)b) == DSM_OK, "dealloc");
     MT_CHECK(dsm_dealloc((void *)pg) == DSM_OK, "dealloc");
     if (me == 0)
-        printf("coherence ok: %d nodes, %zu words, %d page hand-offs\n", n, total, PINGPONG);
+        printf("coherence ok: %d nodes, %zu words, %llu page hand-offs\n", n, total, (unsigned long long)PINGPONG);
     mt_finalize();
     return 0;
 }

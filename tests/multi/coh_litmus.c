@@ -15,7 +15,8 @@
 #include "tests/multi/mt.h"
 
 /* Fewer rounds with many nodes: every round has barriers. */
-#define ROUNDS (n <= 8 ? 1500 : 300)
+#define ROUNDS (expect_violation ? ROUNDS_FULL : mt_iters(ROUNDS_FULL))
+#define ROUNDS_FULL (n <= 8 ? 1500 : 300)
 
 static volatile uint64_t *page(volatile uint64_t *base, int k)
 {

@@ -92,6 +92,15 @@ static inline void mt_run_threads(int k, void *(*fn)(void *))
         pthread_join(th[i], NULL);
 }
 
+/* An iteration count, divided by 10 (at least 1) under DSM_TEST_QUICK (make distcheck, and make check-rdma,
+ * where the soft-RoCE lab runs under TCG): the same checks on fewer rounds. Never for negative controls, which
+ * need their full length to see the injected bug. */
+static inline int mt_iters(int n)
+{
+    const char *q = getenv("DSM_TEST_QUICK");
+    return q && *q ? (n / 10 > 0 ? n / 10 : 1) : n;
+}
+
 /* Zeroed memory that can be registered (dsm_mreg_create wants a MAP_SHARED mapping of a file descriptor). */
 static inline void *mt_shared_alloc(size_t len, int *fd_p)
 {
