@@ -77,6 +77,7 @@
 
 #include "dsm.h"
 #include "transport/rdma/rdma.h"
+#include "transport/inaddr.h"
 #include "transport/transport.h"
 
 #define RDMA_BUF 8192u             /* one receive buffer / send slot */
@@ -1080,26 +1081,6 @@ static void connect_start(dsm_tp_t *tp, struct rdma_peer *pe, const struct socka
     pe->state = P_CONNECTING;
 }
 
-static int parse_blob(const void *blob, size_t len, struct sockaddr_in *sa)
-{
-    char s[64];
-    if (len == 0 || len > sizeof s || ((const char *)blob)[len - 1] != '\0')
-        return DSM_EINVAL;
-    memcpy(s, blob, len);
-    char *colon = strrchr(s, ':');
-    if (!colon)
-        return DSM_EINVAL;
-    *colon = '\0';
-    char *end;
-    unsigned long port = strtoul(colon + 1, &end, 10);
-    memset(sa, 0, sizeof *sa);
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons((uint16_t)port);
-    if (*end || port == 0 || port > 65535 || inet_pton(AF_INET, s, &sa->sin_addr) != 1)
-        return DSM_EINVAL;
-    return DSM_OK;
-}
-
 static void reject(struct rdma_cm_id *id, dsm_tp_t *tp, int dst, uint16_t why)
 {
     struct cm_priv p;
@@ -1337,7 +1318,7 @@ static int rdma_connect_all(dsm_tp_t *tp, const void *const *addr, const size_t 
         struct rdma_peer *pe = &tp->peers[p];
         if (p == tp->rank || !addr_len[p])
             continue;
-        if (parse_blob(addr[p], addr_len[p], &dst[p]) != DSM_OK) {
+        if (dsm_tp_inaddr_parse(addr[p], addr_len[p], &dst[p]) != DSM_OK) {
             pe->state = P_FAILED;
             snprintf(pe->fail, sizeof pe->fail, "it published a malformed address");
             continue;
@@ -1352,7 +1333,7 @@ static int rdma_connect_all(dsm_tp_t *tp, const void *const *addr, const size_t 
         char me[64];
         snprintf(me, sizeof me, "%s", tp->addr);
         snprintf(self->name, sizeof self->name, "%.40s (itself)", tp->addr);
-        if (parse_blob(me, strlen(me) + 1, &dst[tp->rank]) == DSM_OK)
+        if (dsm_tp_inaddr_parse(me, strlen(me) + 1, &dst[tp->rank]) == DSM_OK)
             connect_start(tp, self, &dst[tp->rank]);
     }
     for (;;) {

@@ -880,38 +880,49 @@ static int shm_mem_dereg(dsm_tp_t *tp, dsm_tp_mr_t *mr)
 
 /* ---- one-sided operations: memory operations on the mapped peer memory, complete at once ---- */
 
-static int shm_put(dsm_tp_t *tp, int peer, const void *src, size_t len, const dsm_tp_rkey_t *rkey, uint64_t off,
-                   dsm_tp_req_t *req)
+/* Copy len bytes to (to_peer) or from the peer's registration rkey at off; local is this node's buffer. */
+static int rma_copy(dsm_tp_t *tp, int peer, void *local, size_t len, const dsm_tp_rkey_t *rkey, uint64_t off,
+                    int to_peer)
 {
     struct shm_peer *pe = peer_get(tp, peer);
     if (!pe)
         return DSM_EINVAL;
-    uint8_t *dst = rmap_lock(tp, pe, rkey, off, len);
-    if (!dst)
+    uint8_t *there = rmap_lock(tp, pe, rkey, off, len);
+    if (!there)
         return DSM_EINVAL;
-    memcpy(dst, src, len);
+    if (to_peer)
+        memcpy(there, local, len);
+    else
+        memcpy(local, there, len);
     pthread_rwlock_unlock(&pe->rlock);
-    tp->core->count_tx(len);
-    tp->core->complete(req, DSM_OK, 0);
+    if (to_peer)
+        tp->core->count_tx(len);
+    else
+        tp->core->count_rx(len);
     return DSM_OK;
+}
+
+static int shm_put(dsm_tp_t *tp, int peer, const void *src, size_t len, const dsm_tp_rkey_t *rkey, uint64_t off,
+                   dsm_tp_req_t *req)
+{
+    int rc = rma_copy(tp, peer, (void *)src, len, rkey, off, 1);
+    if (rc == DSM_OK)
+        tp->core->complete(req, DSM_OK, 0);
+    return rc;
 }
 
 static int shm_put_notify(dsm_tp_t *tp, int peer, const void *src, size_t len, const dsm_tp_rkey_t *rkey,
                           uint64_t off, uint8_t am_id, const void *hdr, size_t hdr_len, dsm_tp_req_t *req)
 {
-    struct shm_peer *pe = peer_get(tp, peer);
-    if (!pe || am_id == 0 || hdr_len > DSM_TP_AM_HDR_MAX)
+    if (am_id == 0 || hdr_len > DSM_TP_AM_HDR_MAX)
         return DSM_EINVAL;
-    uint8_t *dst = rmap_lock(tp, pe, rkey, off, len);
-    if (!dst)
-        return DSM_EINVAL;
-    memcpy(dst, src, len);
-    pthread_rwlock_unlock(&pe->rlock);
-    tp->core->count_tx(len);
+    int rc = rma_copy(tp, peer, (void *)src, len, rkey, off, 1);
+    if (rc != DSM_OK)
+        return rc;
     /* The ring's release store orders the data before the notification. */
     dsm_wire_hdr_t h = {.type = DSM_WIRE_AM, .am_id = am_id, .src = (uint32_t)tp->core->rank,
                         .hdr_len = (uint32_t)hdr_len};
-    int rc = msg_send(tp, pe, &h, hdr, hdr_len, NULL, 0);
+    rc = msg_send(tp, tp->peers[peer], &h, hdr, hdr_len, NULL, 0);
     if (rc == DSM_OK && req)
         tp->core->complete(req, DSM_OK, 0);
     return rc;
@@ -920,17 +931,10 @@ static int shm_put_notify(dsm_tp_t *tp, int peer, const void *src, size_t len, c
 static int shm_get(dsm_tp_t *tp, int peer, void *dst, size_t len, const dsm_tp_rkey_t *rkey, uint64_t off,
                    dsm_tp_req_t *req)
 {
-    struct shm_peer *pe = peer_get(tp, peer);
-    if (!pe)
-        return DSM_EINVAL;
-    uint8_t *src = rmap_lock(tp, pe, rkey, off, len);
-    if (!src)
-        return DSM_EINVAL;
-    memcpy(dst, src, len);
-    pthread_rwlock_unlock(&pe->rlock);
-    tp->core->count_rx(len);
-    tp->core->complete(req, DSM_OK, 0);
-    return DSM_OK;
+    int rc = rma_copy(tp, peer, dst, len, rkey, off, 0);
+    if (rc == DSM_OK)
+        tp->core->complete(req, DSM_OK, 0);
+    return rc;
 }
 
 static int shm_atomic(dsm_tp_t *tp, int peer, enum dsm_tp_atomic_op op, const dsm_tp_rkey_t *rkey, uint64_t off,

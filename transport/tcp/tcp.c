@@ -38,6 +38,7 @@
 
 #include "dsm.h"
 #include "transport/futex.h"
+#include "transport/inaddr.h"
 #include "transport/transport.h"
 #include "transport/wire.h"
 
@@ -1142,27 +1143,6 @@ static int tcp_addr_get(dsm_tp_t *tp, void *buf, size_t *len_p)
     return DSM_OK;
 }
 
-/* Parse a peer's "a.b.c.d:port" blob. */
-static int parse_blob(const void *blob, size_t len, struct sockaddr_in *sa)
-{
-    char s[64];
-    if (len == 0 || len > sizeof s || ((const char *)blob)[len - 1] != '\0')
-        return DSM_EINVAL;
-    memcpy(s, blob, len);
-    char *colon = strrchr(s, ':');
-    if (!colon)
-        return DSM_EINVAL;
-    *colon = '\0';
-    char *end;
-    unsigned long port = strtoul(colon + 1, &end, 10);
-    memset(sa, 0, sizeof *sa);
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons((uint16_t)port);
-    if (*end || port == 0 || port > 65535 || inet_pton(AF_INET, s, &sa->sin_addr) != 1)
-        return DSM_EINVAL;
-    return DSM_OK;
-}
-
 static int connect_one(dsm_tp_t *tp, int peer, const struct sockaddr_in *sa, const char *blob, int64_t deadline)
 {
     const dsm_tp_core_t *core = tp->core;
@@ -1213,7 +1193,7 @@ static int tcp_connect(dsm_tp_t *tp, const void *const *addr, const size_t *addr
         if (!addr_len[p])
             continue;
         struct sockaddr_in sa;
-        if (parse_blob(addr[p], addr_len[p], &sa) != DSM_OK) {
+        if (dsm_tp_inaddr_parse(addr[p], addr_len[p], &sa) != DSM_OK) {
             core->log(DSM_LOG_ERROR, TCP_NAME, "node %d published a malformed address", p);
             return DSM_EPROTO;
         }
