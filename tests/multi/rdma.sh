@@ -68,6 +68,14 @@ if ! "$info" | grep -q "^  rdma .*can start here"; then
 fi
 
 echo "# rdma here: $("$info" | sed -n 's/^  rdma  *//p')"
+# 0. dsm_info lists the device with its port, GIDs (the RoCE v2 IPv4 one among them) and its locality.
+out=$("$info" 2>&1); rc=$?
+echo "$out" >"$tmp/err"
+dev=${DSM_RXE_DEVICE:-rxe0}
+check "dsm_info lists $dev: port ACTIVE, an IPv4 RoCE GID, its locality (exit $rc)" \
+  '[ $rc = 0 ] && grep -q "^  $dev: [0-9]* port(s), atomics " <<<"$out" && grep -q "^    port 1: ACTIVE, link layer Ethernet" <<<"$out" &&
+   grep -q "^      gid [0-9]* ::ffff:[0-9.]* .*(IPv4: rdma_cm can bind it)" <<<"$out" && grep -q "^    locality: " <<<"$out"'
+grep -A12 "^  $dev:" <<<"$out" | sed 's/^/# /'
 # 1. The rdma path is really used: every rank names it, and DSM_STATS counts bytes through it.
 out=$(DSM_TRANSPORT=rdma DSM_STATS=1 timeout 300 "$dsmrun" --tag-output -n 4 "$behave" name 2>&1); rc=$?
 echo "$out" >"$tmp/err"
