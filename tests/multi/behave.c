@@ -118,7 +118,7 @@ int main(int argc, char **argv)
             for (uint64_t i = (uint64_t)me;; i += 2) {
                 while (pg[0] != i)
                     ;
-                if (me == arg && i > 300)
+                if (me == arg && i > 50)
                     raise(SIGKILL);
                 pg[1] = i;
                 pg[0] = i + 1;

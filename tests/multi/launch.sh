@@ -151,7 +151,7 @@ for scenario in "pingpong-kill 1:1" "pingpong-kill 0:0" "lockwait-kill:0"; do
   serve 3
   pids=""
   for r in 0 1 2; do
-    DSM_RANK=$r DSM_SIZE=3 DSM_COORD=$coord timeout 60 "$behave" $mode >"$tmp/v$r" 2>&1 &
+    DSM_RANK=$r DSM_SIZE=3 DSM_COORD=$coord timeout 120 "$behave" $mode >"$tmp/v$r" 2>&1 &
     pids="$pids $!"
   done
   codes="" named=1
