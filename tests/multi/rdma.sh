@@ -46,6 +46,12 @@ start() {
   done
 }
 
+# DSM_PROGRESS_CPU binds the progress thread (issue 5 item 4), whatever the transport.
+out=$(DSM_PROGRESS_CPU=0 DSM_LOG_LEVEL=info timeout 300 "$dsmrun" --tag-output -n 2 "$behave" name 2>&1); rc=$?
+echo "$out" >"$tmp/err"
+check "DSM_PROGRESS_CPU=0 binds each node's progress thread to CPU 0, said at info level (exit $rc)" \
+  '[ $rc = 0 ] && [ "$(grep -c "info: progress thread bound to CPUs 0 (DSM_PROGRESS_CPU)" <<<"$out")" = 2 ]'
+
 if ! "$info" | grep -q "^  rdma .*can start here"; then
   why=$("$info" | sed -n 's/^  rdma  *//p')
   echo "# rdma here: $why"
