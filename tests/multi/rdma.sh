@@ -64,11 +64,15 @@ if ! "$info" | grep -q "^  rdma .*can start here"; then
     check "DSM_TRANSPORT=rdma without a usable device: dsm_init fails with the reason (exit $rc)" \
       '[ $rc = 3 ] && grep -q "DSM_TRANSPORT=.rdma.: no transport can start on this node: rdma: " <<<"$out" && grep -q "rdma: ${why#*cannot start here: }" <<<"$out"'
   fi
-  out=$(DSM_TRANSPORT=rdma,tcp DSM_LOG_LEVEL=info timeout 120 "$dsmrun" --tag-output -n 2 "$behave" name 2>&1); rc=$?
-  echo "$out" >"$tmp/err"
-  check "DSM_TRANSPORT=rdma,tcp falls back to tcp (exit $rc)" \
-    '[ $rc = 0 ] && grep -q "^\[0\] rank 0 transport tcp$" <<<"$out" && grep -q "^\[1\] rank 1 transport tcp$" <<<"$out"'
-  check "... saying why at info level" 'grep -q "info: transport rdma: cannot start here: " <<<"$out"'
+  # Built but unable to start: the default-style list falls back (a list naming an unbuilt one is an error).
+  if ! grep -q "not built" <<<"$why"; then
+    out=$(DSM_TRANSPORT=rdma,tcp DSM_LOG_LEVEL=info timeout 120 "$dsmrun" --tag-output -n 2 "$behave" name 2>&1)
+    rc=$?
+    echo "$out" >"$tmp/err"
+    check "DSM_TRANSPORT=rdma,tcp falls back to tcp (exit $rc)" \
+      '[ $rc = 0 ] && grep -q "^\[0\] rank 0 transport tcp$" <<<"$out" && grep -q "^\[1\] rank 1 transport tcp$" <<<"$out"'
+    check "... saying why at info level" 'grep -q "info: transport rdma: cannot start here: " <<<"$out"'
+  fi
   echo "1..$n"
   exit 0
 fi
