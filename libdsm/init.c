@@ -601,15 +601,19 @@ static int tp_connect_agreed(char reasons[][256], char *err, size_t err_len)
     for (int p = 0; p < core.size; p++)
         core.peer_tp[p] = -1;
     settled[core.rank] = 1;
-    for (int i = 0; i < core.ntp; i++) {
-        struct tp_inst *t = &core.tp[i];
-        const char *name = t->ops->name;
+    /* One round per name of the agreed list, built here or not, so the fences match on every node even where
+     * a module is missing on some hosts. */
+    for (int j = 0, i = -1; j < core.cfg.ntp; j++) {
+        const char *name = core.cfg.tp[j];
+        if (i + 1 < core.ntp && strcmp(core.tp[i + 1].ops->name, name) == 0)
+            i++;
+        struct tp_inst *t = i >= 0 && strcmp(core.tp[i].ops->name, name) == 0 ? &core.tp[i] : NULL;
         char key[48];
         snprintf(key, sizeof key, "tp.%s", name);
         memset(mine, 0, nbytes);
         memset(cand, 0, (size_t)core.size);
         int ncand = 0;
-        for (int p = 0; t->tp && p < core.size; p++) {
+        for (int p = 0; t && t->tp && p < core.size; p++) {
             if (settled[p])
                 continue;
             uint8_t buf[DSM_TP_ADDR_MAX];
@@ -629,7 +633,7 @@ static int tp_connect_agreed(char reasons[][256], char *err, size_t err_len)
             cand[p] = 1;
             ncand++;
         }
-        if (ncand) {
+        if (t && ncand) {
             int crc = t->ops->connect(t->tp, (const void *const *)addrs, lens);
             for (int p = 0; p < core.size; p++)
                 if (cand[p] && (t->ops->peer_up ? t->ops->peer_up(t->tp, p) : crc == DSM_OK))
@@ -652,7 +656,7 @@ static int tp_connect_agreed(char reasons[][256], char *err, size_t err_len)
             int up_here = mine[p / 8] >> (p % 8) & 1, up_there = 0;
             if (core.boot.get(&core.boot, p, key, theirs, &n) == DSM_OK && n == nbytes)
                 up_there = theirs[core.rank / 8] >> (core.rank % 8) & 1;
-            if (up_here && up_there) {
+            if (t && up_here && up_there) {
                 core.peer_tp[p] = (int8_t)i;
                 settled[p] = 1;
                 t->used = 1;
@@ -660,7 +664,7 @@ static int tp_connect_agreed(char reasons[][256], char *err, size_t err_len)
             }
             dsm_info("transport %s: no connection with node %d (%s); that pair tries the next transport", name, p,
                      up_here ? "it failed at the other end" : "it failed here; see the transport's message above");
-            if (up_here && t->ops->peer_drop)
+            if (t && up_here && t->ops->peer_drop)
                 t->ops->peer_drop(t->tp, p);
         }
     }

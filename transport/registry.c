@@ -32,12 +32,12 @@ static const struct dsm_tp_ops *const built[] = {
 #define RDMA_MODULE "dsm_tp_rdma.so"
 #define RDMA_SYMBOL "dsm_tp_rdma_ops"
 
+#ifdef DSM_HAVE_RDMA
 static pthread_mutex_t mod_lock = PTHREAD_MUTEX_INITIALIZER;
 static int mod_tried;
 static const struct dsm_tp_ops *mod_ops;
 static char mod_err[640];
 
-#ifdef DSM_HAVE_RDMA
 /* Load the rdma module once. The handle stays open for the life of the process: providers' code may still be
  * running in the progress thread of a job that is being torn down. */
 static const struct dsm_tp_ops *rdma_module(void)

@@ -869,10 +869,16 @@ static int harvest(dsm_tp_t *tp)
             }
             case F_REG:
             case F_UNREG:
-                rreg_update(tp, pe, f.type == F_REG, b + RDMA_FRAME_HDR);
-                repost(tp, idx);
-                __atomic_add_fetch(&pe->consumed, 1, __ATOMIC_ACQ_REL);
-                break;
+                /* At once, so a one-sided op waiting for it sees it; but a page-fault handler harvesting for
+                 * credits may not grow the table: the progress thread does that (dispatch). */
+                if (f.type == F_UNREG || pe->nrr < pe->caprr || !tp->core->may_allocate ||
+                    tp->core->may_allocate()) {
+                    rreg_update(tp, pe, f.type == F_REG, b + RDMA_FRAME_HDR);
+                    repost(tp, idx);
+                    __atomic_add_fetch(&pe->consumed, 1, __ATOMIC_ACQ_REL);
+                    break;
+                }
+                /* fall through */
             default: {
                 struct ready *r = &tp->ready[tp->ready_tail % tp->ready_cap];
                 r->buf = idx;
@@ -934,6 +940,9 @@ static const char *dispatch_one(dsm_tp_t *tp, struct rdma_peer *pe, const uint8_
     }
     case F_BYE:
         __atomic_store_n(&pe->left, 1, __ATOMIC_RELEASE);
+        return NULL;
+    case F_REG:
+        rreg_update(tp, pe, 1, hdr);
         return NULL;
     default:
         return "unexpected frame";
@@ -2012,6 +2021,9 @@ static int rdma_init(const dsm_tp_core_t *core, dsm_tp_t **tp_p, char *why, size
             goto fail;
         }
         pe->bl_cap = p != tp->rank ? RDMA_BACKLOG_MIN : 0;
+        /* Room for the peer's first registrations, so a fault-path harvest need not allocate. */
+        if (p != tp->rank && (pe->rr = calloc(64, sizeof *pe->rr)))
+            pe->caprr = 64;
     }
     for (uint32_t i = 0; i < tp->srq_depth; i++)
         repost(tp, i);
