@@ -522,6 +522,20 @@ static int pend_flush(dsm_tp_t *tp, struct shm_peer *pe)
     return 1;
 }
 
+/* Append m to pe's queue, write what fits, and release tx_lock (held by the caller). */
+static int pend_queue(dsm_tp_t *tp, struct shm_peer *pe, struct shm_pend *m, size_t bytes)
+{
+    if (pe->pend_last)
+        pe->pend_last->next = m;
+    else
+        pe->pend = m;
+    pe->pend_last = m;
+    pend_flush(tp, pe);
+    pthread_mutex_unlock(&pe->tx_lock);
+    tp->core->count_tx(bytes);
+    return DSM_OK;
+}
+
 static int msg_send(dsm_tp_t *tp, struct shm_peer *pe, const dsm_wire_hdr_t *h, const void *hdr, size_t hl,
                     const void *payload, size_t len)
 {
@@ -558,15 +572,7 @@ static int msg_send(dsm_tp_t *tp, struct shm_peer *pe, const dsm_wire_hdr_t *h, 
                 memcpy(m->hdr, hdr, hl);
             if (len)
                 memcpy(m->payload, payload, len);
-            if (pe->pend_last)
-                pe->pend_last->next = m;
-            else
-                pe->pend = m;
-            pe->pend_last = m;
-            pend_flush(tp, pe);
-            pthread_mutex_unlock(&pe->tx_lock);
-            tp->core->count_tx(DSM_WIRE_HDR_SIZE + hl + len);
-            return DSM_OK;
+            return pend_queue(tp, pe, m, DSM_WIRE_HDR_SIZE + hl + len);
         }
         /* Fault path: no allocation. A small message takes a spare queue entry (so the fault path never waits
          * for a receiver that may be waiting for this node: both would hold a directory entry); else wait for
@@ -578,15 +584,7 @@ static int msg_send(dsm_tp_t *tp, struct shm_peer *pe, const dsm_wire_hdr_t *h, 
             m->hdr = m->inline_hdr;
             if (hl)
                 memcpy(m->hdr, hdr, hl);
-            if (pe->pend_last)
-                pe->pend_last->next = m;
-            else
-                pe->pend = m;
-            pe->pend_last = m;
-            pend_flush(tp, pe);
-            pthread_mutex_unlock(&pe->tx_lock);
-            tp->core->count_tx(DSM_WIRE_HDR_SIZE + hl);
-            return DSM_OK;
+            return pend_queue(tp, pe, m, DSM_WIRE_HDR_SIZE + hl);
         }
         pthread_mutex_unlock(&pe->tx_lock);
         if (len > tp->frag_max)
