@@ -30,6 +30,16 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 
+# Serve the rendezvous for N ranks in the first namespace; sets spid and coord.
+serve() {
+  # A fresh file: the server truncates it only once it runs, and the loop below must not read the last one's.
+  rm -f "$tmp/serve"
+  "$ip" netns exec $a timeout 300 "$dsmrun" --serve $net.1:0 -n "$1" >"$tmp/serve" 2>"$tmp/serve.err" &
+  spid=$!
+  for _ in $(seq 300); do grep -q DSM_COORD "$tmp/serve" 2>/dev/null && break; sleep 0.1; done
+  coord=$(sed -n 's/^DSM_COORD=//p' "$tmp/serve")
+}
+
 n=0
 tests="tp_pingpong tp_alltoall tp_rma threads_send barrier_order garbage_conn"
 [ -n "${DSM_TEST_QUICK:-}" ] && tests="tp_pingpong tp_rma"
@@ -37,12 +47,7 @@ for t in $tests; do
   for iface in default named; do
     n=$((n + 1))
     prog=$(readlink -f "$top/tests/multi/$t")
-    # A fresh file: the server truncates it only once it runs, and the loop below must not read the last one's.
-    rm -f "$tmp/serve"
-    "$ip" netns exec $a timeout 300 "$dsmrun" --serve $net.1:0 -n 2 >"$tmp/serve" 2>"$tmp/serve.err" &
-    spid=$!
-    for _ in $(seq 300); do grep -q DSM_COORD "$tmp/serve" 2>/dev/null && break; sleep 0.1; done
-    coord=$(sed -n 's/^DSM_COORD=//p' "$tmp/serve")
+    serve 2
     ea="" eb=""
     [ $iface = named ] && ea="DSM_TCP_IFACE=va$$" eb="DSM_TCP_IFACE=vb$$"
     "$ip" netns exec $a env $ea DSM_LOG_LEVEL=info DSM_TRANSPORT=tcp DSM_RANK=0 DSM_SIZE=2 DSM_COORD=$coord \
@@ -71,11 +76,7 @@ tests="tp_mix tp_pingpong tp_rma coh_litmus coh_stress coh_sync"
 for t in $tests; do
   n=$((n + 1))
   prog=$(readlink -f "$top/tests/multi/$t")
-  rm -f "$tmp/serve"
-  "$ip" netns exec $a timeout 300 "$dsmrun" --serve $net.1:0 -n 4 >"$tmp/serve" 2>"$tmp/serve.err" &
-  spid=$!
-  for _ in $(seq 300); do grep -q DSM_COORD "$tmp/serve" 2>/dev/null && break; sleep 0.1; done
-  coord=$(sed -n 's/^DSM_COORD=//p' "$tmp/serve")
+  serve 4
   pids=""
   for r in 0 1 2 3; do
     ns=$a; [ $r -ge 2 ] && ns=$b
