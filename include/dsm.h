@@ -157,6 +157,43 @@ DSM_API int dsm_lock_destroy(dsm_lock_t *l);
 /* Collective: a lock allocated and initialized for every node; NULL on error (dsm_last_error()). */
 DSM_API dsm_lock_t *dsm_lock_create(void);
 
+/*
+ * dsm threads (DESIGN.md 4.6): threads that start on any node and move between nodes while they run. A dsm
+ * thread is a user-level context whose stack (256 KiB) and control block are shared memory, run on each node by
+ * a carrier pthread of its own. Migration needs the same code at the same addresses on every node: the same
+ * executable and libraries, started with address randomization off (dsmrun does it; under mpirun or srun, start
+ * the program as `setarch -R prog`). dsm_init checks this; where it does not hold, dsm_migrate and a
+ * dsm_thread_create on another node fail with DSM_EMISMATCH and the log names the cause (all else works).
+ *
+ * What a thread keeps across dsm_migrate: its stack and every local (pointers to locals stay valid), the
+ * callee-saved registers, the SSE and x87 control words (rounding mode, exception masks) and its signal mask.
+ * What it does not keep: TLS, errno included, is the carrier's, i.e. the new node's (a TLS address kept across
+ * the call stays valid and names the new carrier's variable); private memory (malloc, globals, files) is the
+ * node's own: keep what the thread needs in shared memory. Never migrate while holding a pthread mutex or a
+ * dsm lock (dsm locks are held by a node), nor from a signal handler. dsm threads must not call atexit or
+ * pthread_exit: their pointer guard is the job's, not the process's; leave by returning or dsm_thread_exit.
+ */
+typedef struct dsm_thread {
+    uint64_t id;
+} dsm_thread_t;
+
+/* Start fn(arg) as a dsm thread on node (remote spawn), from any thread of any node. Its FP control state and
+ * signal mask are the caller's. Errors: DSM_EINVAL (NULL fn or t, node out of range), DSM_EMISMATCH (another
+ * node, and nodes run different code, see above), DSM_EBUSY (this node has 512 threads not joined yet),
+ * DSM_ENOMEM. */
+DSM_API int dsm_thread_create(dsm_thread_t *t, int node, void *(*fn)(void *), void *arg);
+/* Wait for a dsm thread to end, from any thread of any node, and get what fn returned (or dsm_thread_exit was
+ * given) in *ret (ret may be NULL). Each thread is joined once. Errors: DSM_EINVAL (unknown or already joined
+ * thread, or the caller itself). */
+DSM_API int dsm_thread_join(dsm_thread_t t, void **ret);
+/* End the calling dsm thread from any depth with ret. A usage error (abort) outside a dsm thread. */
+DSM_API void dsm_thread_exit(void *ret) __attribute__((noreturn));
+/* Move the calling dsm thread to node; the call returns there. Its stack pages follow on demand (the active part
+ * in one batch). Errors: DSM_EINVAL (not a dsm thread, node out of range), DSM_EMISMATCH (see above). */
+DSM_API int dsm_migrate(int node);
+/* The node the caller runs on now (for a dsm thread, where it has migrated to). */
+DSM_API int dsm_current_node(void);
+
 /* Per-node counters. Set size to sizeof(dsm_stats_t) before the call: later versions add fields at the end
  * and fill only what the caller's struct has room for. */
 typedef struct dsm_stats {
@@ -166,6 +203,7 @@ typedef struct dsm_stats {
     uint64_t invalidations_received, invalidations_sent;
     uint64_t recalls_received;                         /* as owner, asked to give a page back */
     uint64_t messages_sent, bytes_sent, messages_received, bytes_received;
+    uint64_t migrations;                               /* dsm threads that migrated away from this node */
 } dsm_stats_t;
 
 /* Fill s (s->size set by the caller). Errors: DSM_EINVAL, DSM_ENOTINIT. */

@@ -27,6 +27,7 @@
 #include "libdsm/log.h"
 #include "libdsm/wait.h"
 #include "libdsm/stats.h"
+#include "migrate/mig.h"
 #include "transport/wire.h"
 
 struct tp_inst {
@@ -838,6 +839,7 @@ static void teardown(int clean)
         pthread_join(core.progress[i], NULL);
     core.nprogress = 0;
     core.dispatch_serial = 0;
+    dsm_mig_teardown();
     tp_close_all();
     dsm_pg_teardown();
     dsm_dir_teardown();
@@ -920,7 +922,7 @@ DSM_API int dsm_init_version(int api_version, int *argc, char ***argv)
     if ((rc = dsm_barrier_setup()) || (rc = dsm_region_reserve()) || (rc = dsm_alloc_setup()) ||
         (rc = dsm_pg_setup()) || (rc = dsm_dir_setup()) || (rc = dsm_lock_setup()) ||
         (rc = dsm_stats_setup()) || (rc = dsm_malloc_setup()) ||
-        (rc = dsm_credit_setup(core.size))) {
+        (rc = dsm_credit_setup(core.size)) || (rc = dsm_mig_setup())) {
         snprintf(err, sizeof err, "%s", dsm_strerror(rc));
         goto fail;
     }

@@ -60,6 +60,7 @@ DSM_API int dsm_stats(dsm_stats_t *s)
     v.invalidations_received = dsm_ctr_get(DSM_CTR_INV_IN);
     v.invalidations_sent = dsm_ctr_get(DSM_CTR_INV_OUT);
     v.recalls_received = dsm_ctr_get(DSM_CTR_RECALL_IN);
+    v.migrations = dsm_ctr_get(DSM_CTR_MIGRATION);
     dsm_stats_core_t c;
     dsm_core_stats(&c);
     v.messages_sent = c.msgs_tx;

@@ -17,6 +17,7 @@ enum {
     DSM_CTR_INV_IN,
     DSM_CTR_INV_OUT,
     DSM_CTR_RECALL_IN,
+    DSM_CTR_MIGRATION, /* dsm threads that left this node for another (migrate/) */
     DSM_CTR_MAX
 };
 
