@@ -172,6 +172,9 @@ DSM_API dsm_lock_t *dsm_lock_create(void);
  * node's own: keep what the thread needs in shared memory. Never migrate while holding a pthread mutex or a
  * dsm lock (dsm locks are held by a node), nor from a signal handler. dsm threads must not call atexit or
  * pthread_exit: their pointer guard is the job's, not the process's; leave by returning or dsm_thread_exit.
+ * libdsm exports exit: exit() called in a dsm thread is forwarded to node 0, which exits with that status as if
+ * it had called exit (its atexit handlers run; the other nodes stop as after a lost node). Elsewhere it is the
+ * C library's exit.
  */
 typedef struct dsm_thread {
     uint64_t id;

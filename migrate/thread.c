@@ -21,9 +21,16 @@
  *   DONE    node -> creator    u32 slot, u32 generation, u64 return value
  *   JOIN    joiner -> creator  u32 slot, u32 generation, u32 cookie
  *   JOINED  creator -> joiner  u32 cookie, i32 status, u64 return value
+ *   EXIT    node -> 0          i32 status: exit() was called in a dsm thread
+ *
+ * exit() is interposed (exported from libdsm): in a dsm thread its atexit handlers would run with the job's
+ * pointer guard, not the process's, so the call is forwarded to rank 0, where an ordinary thread calls the real
+ * exit, as if rank 0 had called it; the other nodes then stop as after any lost node. From any other thread it
+ * is the real exit.
  */
 #include "config.h"
 
+#include <dlfcn.h>
 #include <elf.h>
 #include <errno.h>
 #include <link.h>
@@ -58,7 +65,7 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
-enum { AM_RUN = 40, AM_DONE = 41, AM_JOIN = 42, AM_JOINED = 43 };
+enum { AM_RUN = 40, AM_DONE = 41, AM_JOIN = 42, AM_JOINED = 43, AM_EXIT = 44 };
 
 #define MIG_PER_NODE 512u            /* dsm threads a node may have created and not joined */
 #define MIG_STACK (256u << 10)       /* a dsm thread's stack block, shared memory, control block at its end */
@@ -68,7 +75,7 @@ enum { AM_RUN = 40, AM_DONE = 41, AM_JOIN = 42, AM_JOINED = 43 };
 #define MIG_JOIN_WAITS 1024u
 #define TCB_MAGIC 0x01626374646d7364ull /* "dsmdtcb\1" */
 
-enum { ACT_NONE = 0, ACT_MIGRATE, ACT_EXIT };
+enum { ACT_NONE = 0, ACT_MIGRATE, ACT_EXIT, ACT_EXIT_PROCESS };
 enum { REC_FREE = 0, REC_LIVE, REC_DONE };
 
 struct tcb {
@@ -247,6 +254,10 @@ static void carrier_run(struct carrier *c, struct tcb *t)
         dsm_le32_put(h + 4, (uint32_t)(id >> 32));
         dsm_le64_put(h + 8, (uint64_t)(uintptr_t)ret);
         send_or_stop((int)(slot / MIG_PER_NODE), AM_DONE, h, sizeof h, "cannot report a dsm thread's end");
+    } else if (action == ACT_EXIT_PROCESS) {
+        uint8_t h[4];
+        dsm_le32_put(h, (uint32_t)(uintptr_t)ret);
+        send_or_stop(0, AM_EXIT, h, sizeof h, "cannot forward exit() to node 0");
     } else {
         dsm_fail_stop(-1, "a dsm thread switched to its carrier without a reason");
     }
@@ -331,6 +342,57 @@ DSM_API void dsm_thread_exit(void *ret)
     t->action = ACT_EXIT;
     leave(c, t);
     abort(); /* a finished thread is never resumed */
+}
+
+typedef void (*exit_fn_t)(int);
+
+static exit_fn_t real_exit(void)
+{
+    exit_fn_t fn;
+    *(void **)&fn = dlsym(RTLD_NEXT, "exit");
+    return fn ? fn : _exit;
+}
+
+DSM_API void exit(int status)
+{
+    struct carrier *c = carrier_self();
+    if (c && c->t) {
+        struct tcb *t = c->t;
+        t->ret = (void *)(uintptr_t)(uint32_t)status;
+        t->action = ACT_EXIT_PROCESS;
+        leave(c, t);
+    }
+    real_exit()(status);
+    _exit(status); /* not reached */
+}
+
+static void *exit_main(void *arg)
+{
+    real_exit()((int)(intptr_t)arg);
+    return NULL;
+}
+
+static int on_exit_msg(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *p, size_t len)
+{
+    (void)arg;
+    (void)id;
+    (void)p;
+    if (hl != 4 || len || dsm_core_rank() != 0) {
+        dsm_err("malformed exit message from node %d", src);
+        return DSM_EPROTO;
+    }
+    int status = (int)dsm_le32_get(hdr);
+    dsm_info("a dsm thread on node %d called exit(%d): node 0 exits with it", src, status);
+    /* A thread of the process, not this one: the progress thread must go on serving until the end. */
+    pthread_t th;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&th, &a, exit_main, (void *)(intptr_t)status);
+    pthread_attr_destroy(&a);
+    if (rc)
+        dsm_fail_stop(-1, "cannot start a thread for exit()");
+    return DSM_OK;
 }
 
 static void thread_entry(struct tcb *t)
@@ -775,7 +837,7 @@ int dsm_mig_setup(void)
         mig.area = a;
     }
     if ((rc = dsm_am_register(AM_RUN, on_run, NULL)) || (rc = dsm_am_register(AM_DONE, on_done, NULL)) ||
-        (rc = dsm_am_register(AM_JOIN, on_join, NULL)) || (rc = dsm_am_register(AM_JOINED, on_joined, NULL)))
+        (rc = dsm_am_register(AM_JOIN, on_join, NULL)) || (rc = dsm_am_register(AM_JOINED, on_joined, NULL)) || (rc = dsm_am_register(AM_EXIT, on_exit_msg, NULL)))
         return rc;
     mig.up = 1;
     return DSM_OK;
