@@ -197,6 +197,32 @@ DSM_API int dsm_migrate(int node);
 /* The node the caller runs on now (for a dsm thread, where it has migrated to). */
 DSM_API int dsm_current_node(void);
 
+/*
+ * Checkpoints (DESIGN.md 4.6). Private memory (main-thread stacks, globals, malloc) is not saved: keep what must
+ * survive in shared memory, reachable from dsm_root().
+ */
+
+/* One pointer-sized word of shared memory, the same for every node and saved with checkpoints: where a restored
+ * run finds its data. NULL before dsm_init. */
+DSM_API void **dsm_root(void);
+
+/* Collective over the main threads of all nodes: save the shared memory (Modified pages are recalled to their
+ * homes first), the allocators' tables and the dsm threads into a new directory under path (created if needed;
+ * on a filesystem every node sees), then switch path/current to it atomically; the previous checkpoint stays
+ * whole until then and is removed after. Succeeds only while every dsm thread that has not ended waits in
+ * dsm_checkpoint: called from a dsm thread, dsm_checkpoint parks it until the main threads' next checkpoint
+ * completes (it then returns DSM_OK, in this run or in a restored one). Errors: DSM_EBUSY on every node when a
+ * dsm thread still runs user code (its dsm_thread_join, dsm_lock, barriers do not count as parked: retry),
+ * DSM_ESYS (the log names the file), DSM_EINVAL (no path). */
+DSM_API int dsm_checkpoint(const char *path);
+
+/* Collective, right after dsm_init and before any allocation or dsm thread: load path/current, written by the
+ * same binary with the same node count and DSM_HEAP_SIZE, and resume its parked dsm threads. Everything is
+ * checked on every node before anything changes: a missing path, a truncated or corrupted file (DSM_EINVAL), a
+ * checkpoint of another binary or node count (DSM_EMISMATCH) leave the run as dsm_init made it, with the cause
+ * in the log. */
+DSM_API int dsm_restore(const char *path);
+
 /* Per-node counters. Set size to sizeof(dsm_stats_t) before the call: later versions add fields at the end
  * and fill only what the caller's struct has room for. */
 typedef struct dsm_stats {

@@ -21,6 +21,7 @@
 #include "libdsm/error.h"
 #include "libdsm/log.h"
 #include "libdsm/region.h"
+#include "transport/wire.h"
 
 struct range {
     struct range *next;
@@ -234,4 +235,134 @@ DSM_API int dsm_dealloc(void *ptr)
     }
     pthread_mutex_unlock(&alloc_lock);
     return dsm_barrier();
+}
+
+/* ---- checkpoints (migrate/ckpt.c) ---- */
+
+/* The collective allocations: u64 count, then per allocation u64 offset, u64 bytes, and per page u32
+ * (home + 1) << 8 | kind. */
+size_t dsm_alloc_save(uint8_t **buf_p)
+{
+    pthread_mutex_lock(&alloc_lock);
+    size_t n = 0, pages = 0;
+    for (struct range *r = used_list; r; r = r->next, n++)
+        pages += r->len >> DSM_PAGE_SHIFT;
+    size_t len = 8 + n * 16 + pages * 4;
+    uint8_t *b = malloc(len), *o = b;
+    if (b) {
+        dsm_le64_put(o, n);
+        o += 8;
+        for (struct range *r = used_list; r; r = r->next) {
+            dsm_le64_put(o, r->off);
+            dsm_le64_put(o + 8, r->len);
+            o += 16;
+            for (size_t p = r->off >> DSM_PAGE_SHIFT; p < (r->off + r->len) >> DSM_PAGE_SHIFT; p++, o += 4)
+                dsm_le32_put(o, (uint32_t)(dsm_region.home[p] + 1) << 8 | dsm_region.kind[p]);
+        }
+    }
+    pthread_mutex_unlock(&alloc_lock);
+    *buf_p = b;
+    return b ? len : 0;
+}
+
+/* Is b a table dsm_alloc_load accepts here (ranges inside the collective part, not overlapping, homes of this
+ * job, known kinds), and is nothing allocated yet? */
+int dsm_alloc_check(const uint8_t *b, size_t len)
+{
+    if (len < 8 || used_list)
+        return 0;
+    uint64_t n = dsm_le64_get(b);
+    size_t at = 8, limit = dsm_region.arena_first << DSM_PAGE_SHIFT;
+    if (n > len / 16)
+        return 0;
+    for (uint64_t i = 0; i < n; i++) {
+        if (len - at < 16)
+            return 0;
+        uint64_t off = dsm_le64_get(b + at), bytes = dsm_le64_get(b + at + 8);
+        at += 16;
+        if (off % DSM_PAGE_SIZE || bytes % DSM_PAGE_SIZE || !bytes || off >= limit || bytes > limit - off ||
+            (len - at) / 4 < (bytes >> DSM_PAGE_SHIFT))
+            return 0;
+        for (size_t p = 0; p < bytes >> DSM_PAGE_SHIFT; p++, at += 4) {
+            uint32_t v = dsm_le32_get(b + at);
+            int home = (int)(v >> 8) - 1, kind = (int)(v & 0xff);
+            if (home < 0 || home >= dsm_core_size() || (kind != DSM_KIND_COHERENT && kind != DSM_KIND_ATOMIC))
+                return 0;
+        }
+        /* No overlap with an earlier range. */
+        size_t at2 = 8;
+        for (uint64_t k = 0; k < i; k++) {
+            uint64_t o2 = dsm_le64_get(b + at2), l2 = dsm_le64_get(b + at2 + 8);
+            if (off < o2 + l2 && o2 < off + bytes)
+                return 0;
+            at2 += 16 + (l2 >> DSM_PAGE_SHIFT) * 4;
+        }
+    }
+    return at == len;
+}
+
+/* Collective, on a table dsm_alloc_check accepted (the same on every node): make those allocations. */
+int dsm_alloc_load(const uint8_t *b, size_t len)
+{
+    (void)len;
+    uint64_t n = dsm_le64_get(b);
+    size_t at = 8, end = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t off = dsm_le64_get(b + at), bytes = dsm_le64_get(b + at + 8);
+        at += 16 + (bytes >> DSM_PAGE_SHIFT) * 4;
+        if (off + bytes > end)
+            end = off + bytes;
+    }
+    int rc = dsm_region_grow(end);
+    if (rc != DSM_OK)
+        return rc;
+    pthread_mutex_lock(&alloc_lock);
+    dsm_alloc_reset();
+    int me = dsm_core_rank();
+    at = 8;
+    for (uint64_t i = 0; i < n && rc == DSM_OK; i++) {
+        struct range *u = calloc(1, sizeof *u);
+        if (!u) {
+            rc = DSM_ENOMEM;
+            break;
+        }
+        u->off = dsm_le64_get(b + at);
+        u->len = dsm_le64_get(b + at + 8);
+        at += 16;
+        u->next = used_list;
+        used_list = u;
+        for (size_t p = u->off >> DSM_PAGE_SHIFT; p < (u->off + u->len) >> DSM_PAGE_SHIFT; p++, at += 4) {
+            uint32_t v = dsm_le32_get(b + at);
+            dsm_region.home[p] = (int)(v >> 8) - 1;
+            if (dsm_region.home[p] == me)
+                dsm_dir_reset(p, 1);
+            __atomic_store_n(&dsm_region.kind[p], (uint8_t)(v & 0xff), __ATOMIC_RELEASE);
+        }
+    }
+    used_hwm = end;
+    /* The free list: the gaps between the allocations, sorted. */
+    size_t limit = dsm_region.arena_first << DSM_PAGE_SHIFT, pos = 0;
+    struct range **tail = &free_list;
+    while (rc == DSM_OK && pos < limit) {
+        size_t next = limit, next_end = limit;
+        for (struct range *u = used_list; u; u = u->next)
+            if (u->off >= pos && u->off < next) {
+                next = u->off;
+                next_end = u->off + u->len;
+            }
+        if (next > pos) {
+            struct range *f = calloc(1, sizeof *f);
+            if (!f) {
+                rc = DSM_ENOMEM;
+                break;
+            }
+            f->off = pos;
+            f->len = next - pos;
+            *tail = f;
+            tail = &f->next;
+        }
+        pos = next_end;
+    }
+    pthread_mutex_unlock(&alloc_lock);
+    return rc;
 }

@@ -114,12 +114,23 @@ int dsm_malloc_setup(void);
 /* Bytes of this node's arena handed out and not freed (tests). */
 uint64_t dsm_malloc_in_use(void);
 void dsm_malloc_teardown(void);
+/* Checkpoints (migrate/ckpt.c): this arena's bookkeeping as bytes (malloc'ed; 0 when out of memory), whether
+ * bytes are a table this node can load, loading it, and the pages of the arena ever handed out. */
+size_t dsm_malloc_save(uint8_t **buf_p);
+int dsm_malloc_check(const uint8_t *b, size_t len);
+int dsm_malloc_load(const uint8_t *b, size_t len);
+size_t dsm_malloc_hwm(void);
 /* lock.c */
 int dsm_lock_setup(void);
 void dsm_lock_teardown(void);
 /* alloc.c */
 int dsm_alloc_setup(void);
 void dsm_alloc_reset(void);
+/* Checkpoints: the collective allocations as bytes, whether bytes can be loaded (nothing allocated yet), and
+ * loading them (collective). */
+size_t dsm_alloc_save(uint8_t **buf_p);
+int dsm_alloc_check(const uint8_t *b, size_t len);
+int dsm_alloc_load(const uint8_t *b, size_t len);
 /* region.c: reserve the shared range at the same address on every node (collective). */
 int dsm_region_reserve(void);
 void dsm_region_release(void);

@@ -362,3 +362,107 @@ void dsm_malloc_teardown(void)
         munmap(ar.info, ar.npages * sizeof *ar.info);
     ar.info = NULL;
 }
+
+/* ---- checkpoints (migrate/ckpt.c) ---- */
+
+/* This arena's bookkeeping: u64 hwm, u64 allocated, u32 partial[NCLASSES], u64 runs, runs * (u64 first, u64 n),
+ * then the page records below hwm as they are in memory (the same binary reads them back). */
+size_t dsm_malloc_save(uint8_t **buf_p)
+{
+    pthread_mutex_lock(&ar.lock);
+    size_t nruns = 0;
+    for (struct run *r = ar.runs; r; r = r->next)
+        nruns++;
+    size_t len = 24 + 4 * NCLASSES + 16 * nruns + ar.hwm * sizeof *ar.info;
+    uint8_t *b = malloc(len), *o = b;
+    if (b) {
+        dsm_le64_put(o, ar.hwm);
+        dsm_le64_put(o + 8, ar.allocated);
+        o += 16;
+        for (int c = 0; c < NCLASSES; c++, o += 4)
+            dsm_le32_put(o, ar.partial[c]);
+        dsm_le64_put(o, nruns);
+        o += 8;
+        for (struct run *r = ar.runs; r; r = r->next, o += 16) {
+            dsm_le64_put(o, r->first);
+            dsm_le64_put(o + 8, r->n);
+        }
+        memcpy(o, ar.info, ar.hwm * sizeof *ar.info);
+    }
+    pthread_mutex_unlock(&ar.lock);
+    *buf_p = b;
+    return b ? len : 0;
+}
+
+int dsm_malloc_check(const uint8_t *b, size_t len)
+{
+    if (len < 24 + 4 * NCLASSES)
+        return 0;
+    uint64_t hwm = dsm_le64_get(b), nruns = dsm_le64_get(b + 16 + 4 * NCLASSES);
+    if (hwm > ar.npages || nruns > ar.npages)
+        return 0;
+    for (int c = 0; c < NCLASSES; c++)
+        if (dsm_le32_get(b + 16 + 4 * c) > hwm)
+            return 0;
+    size_t at = 24 + 4 * NCLASSES;
+    if (len != at + 16 * nruns + hwm * sizeof *ar.info)
+        return 0;
+    uint64_t prev_end = 0;
+    for (uint64_t i = 0; i < nruns; i++, at += 16) {
+        uint64_t first = dsm_le64_get(b + at), n = dsm_le64_get(b + at + 8);
+        if (!n || first < prev_end || first > ar.npages || n > ar.npages - first)
+            return 0;
+        prev_end = first + n;
+    }
+    return 1;
+}
+
+/* On a table dsm_malloc_check accepted; right after dsm_init (the arena is unused but for dsm_root's word). */
+int dsm_malloc_load(const uint8_t *b, size_t len)
+{
+    (void)len;
+    struct run *runs = NULL, **tail = &runs;
+    uint64_t nruns = dsm_le64_get(b + 16 + 4 * NCLASSES);
+    size_t at = 24 + 4 * NCLASSES;
+    for (uint64_t i = 0; i < nruns; i++, at += 16) {
+        struct run *r = malloc(sizeof *r);
+        if (!r) {
+            while (runs) {
+                struct run *n = runs->next;
+                free(runs);
+                runs = n;
+            }
+            return DSM_ENOMEM;
+        }
+        r->first = dsm_le64_get(b + at);
+        r->n = dsm_le64_get(b + at + 8);
+        r->next = NULL;
+        *tail = r;
+        tail = &r->next;
+    }
+    pthread_mutex_lock(&ar.lock);
+    while (ar.runs) {
+        struct run *n = ar.runs->next;
+        free(ar.runs);
+        ar.runs = n;
+    }
+    ar.runs = runs;
+    size_t old_hwm = ar.hwm;
+    ar.hwm = dsm_le64_get(b);
+    ar.allocated = dsm_le64_get(b + 8);
+    for (int c = 0; c < NCLASSES; c++)
+        ar.partial[c] = dsm_le32_get(b + 16 + 4 * c);
+    if (old_hwm > ar.hwm)
+        memset(ar.info + ar.hwm, 0, (old_hwm - ar.hwm) * sizeof *ar.info);
+    memcpy(ar.info, b + at, ar.hwm * sizeof *ar.info);
+    pthread_mutex_unlock(&ar.lock);
+    return DSM_OK;
+}
+
+size_t dsm_malloc_hwm(void)
+{
+    pthread_mutex_lock(&ar.lock);
+    size_t v = ar.hwm;
+    pthread_mutex_unlock(&ar.lock);
+    return v;
+}

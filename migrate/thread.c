@@ -22,6 +22,7 @@
  *   JOIN    joiner -> creator  u32 slot, u32 generation, u32 cookie
  *   JOINED  creator -> joiner  u32 cookie, i32 status, u64 return value
  *   EXIT    node -> 0          i32 status: exit() was called in a dsm thread
+ *   PARKED  node -> creator    u32 slot, u32 generation: the thread waits in dsm_checkpoint (ckpt.c)
  *
  * exit() is interposed (exported from libdsm): in a dsm thread its atexit handlers would run with the job's
  * pointer guard, not the process's, so the call is forwarded to rank 0, where an ordinary thread calls the real
@@ -65,7 +66,7 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
-enum { AM_RUN = 40, AM_DONE = 41, AM_JOIN = 42, AM_JOINED = 43, AM_EXIT = 44 };
+enum { AM_RUN = 40, AM_DONE = 41, AM_JOIN = 42, AM_JOINED = 43, AM_EXIT = 44, AM_PARKED = 45 };
 
 #define MIG_PER_NODE 512u            /* dsm threads a node may have created and not joined */
 #define MIG_STACK (256u << 10)       /* a dsm thread's stack block, shared memory, control block at its end */
@@ -75,7 +76,7 @@ enum { AM_RUN = 40, AM_DONE = 41, AM_JOIN = 42, AM_JOINED = 43, AM_EXIT = 44 };
 #define MIG_JOIN_WAITS 1024u
 #define TCB_MAGIC 0x01626374646d7364ull /* "dsmdtcb\1" */
 
-enum { ACT_NONE = 0, ACT_MIGRATE, ACT_EXIT, ACT_EXIT_PROCESS };
+enum { ACT_NONE = 0, ACT_MIGRATE, ACT_EXIT, ACT_EXIT_PROCESS, ACT_PARK };
 enum { REC_FREE = 0, REC_LIVE, REC_DONE };
 
 struct tcb {
@@ -107,6 +108,7 @@ struct rec { /* at the creator, per slot it owns */
     uint32_t done;  /* futex word of a local joiner */
     int joining;
     int joiner;     /* remote joiner's node, or -1 */
+    int parked;     /* 1 + the node where the thread waits in dsm_checkpoint, or 0 */
     uint32_t cookie;
     void *ret;
     void *block;
@@ -133,6 +135,8 @@ static struct {
     struct rec rec[MIG_PER_NODE];
     struct jwait jw[MIG_JOIN_WAITS];
     uint32_t stop;
+    uint64_t code0;     /* node 0's code hash (checkpoints carry it) */
+    uint64_t root_off;  /* dsm_root's word, node 0's dsm_malloc */
 } mig = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static _Thread_local struct carrier *cur;
@@ -254,6 +258,11 @@ static void carrier_run(struct carrier *c, struct tcb *t)
         dsm_le32_put(h + 4, (uint32_t)(id >> 32));
         dsm_le64_put(h + 8, (uint64_t)(uintptr_t)ret);
         send_or_stop((int)(slot / MIG_PER_NODE), AM_DONE, h, sizeof h, "cannot report a dsm thread's end");
+    } else if (action == ACT_PARK) {
+        uint8_t h[8];
+        dsm_le32_put(h, (uint32_t)slot);
+        dsm_le32_put(h + 4, (uint32_t)(id >> 32));
+        send_or_stop((int)(slot / MIG_PER_NODE), AM_PARKED, h, sizeof h, "cannot report a parked dsm thread");
     } else if (action == ACT_EXIT_PROCESS) {
         uint8_t h[4];
         dsm_le32_put(h, (uint32_t)(uintptr_t)ret);
@@ -466,6 +475,7 @@ DSM_API int dsm_thread_create(dsm_thread_t *th, int node, void *(*fn)(void *), v
     r->done = 0;
     r->joining = 0;
     r->joiner = -1;
+    r->parked = 0;
     uint32_t gen = r->gen, slot = (uint32_t)dsm_core_rank() * MIG_PER_NODE + i;
     pthread_mutex_unlock(&mig.lock);
 
@@ -704,6 +714,162 @@ static int on_joined(void *arg, int src, uint8_t id, const void *hdr, size_t hl,
     return DSM_OK;
 }
 
+static int on_parked(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *p, size_t len)
+{
+    (void)arg;
+    (void)id;
+    (void)p;
+    const uint8_t *h = hdr;
+    if (hl != 8 || len) {
+        dsm_err("malformed parked message from node %d", src);
+        return DSM_EPROTO;
+    }
+    pthread_mutex_lock(&mig.lock);
+    struct rec *r = rec_of(dsm_le32_get(h), dsm_le32_get(h + 4));
+    int ok = r && r->state == REC_LIVE && !r->parked;
+    if (ok)
+        r->parked = 1 + src;
+    pthread_mutex_unlock(&mig.lock);
+    if (!ok) {
+        dsm_err("node %d parked a dsm thread that is not running", src);
+        return DSM_EPROTO;
+    }
+    return DSM_OK;
+}
+
+/* ---- for checkpoints (ckpt.c) ---- */
+
+int dsm_mig_park(void)
+{
+    struct carrier *c = carrier_self();
+    if (!c || !c->t)
+        return 0;
+    struct tcb *t = c->t;
+    t->action = ACT_PARK;
+    leave(c, t);
+    __asm__ volatile("" ::: "memory");
+    return 1;
+}
+
+int dsm_mig_busy(void)
+{
+    int n = 0;
+    pthread_mutex_lock(&mig.lock);
+    for (unsigned i = 0; i < MIG_PER_NODE; i++)
+        n += mig.rec[i].state == REC_LIVE && !mig.rec[i].parked;
+    pthread_mutex_unlock(&mig.lock);
+    return n;
+}
+
+int dsm_mig_fresh(void)
+{
+    int fresh = 1;
+    pthread_mutex_lock(&mig.lock);
+    for (unsigned i = 0; i < MIG_PER_NODE; i++)
+        fresh &= mig.rec[i].state == REC_FREE;
+    for (size_t s = 0; s < mig.nslots; s++)
+        fresh &= !mig.car[s].started;
+    pthread_mutex_unlock(&mig.lock);
+    return fresh;
+}
+
+void dsm_mig_resume_parked(void)
+{
+    for (uint32_t i = 0; i < MIG_PER_NODE; i++) {
+        pthread_mutex_lock(&mig.lock);
+        struct rec *r = &mig.rec[i];
+        int node = r->state == REC_LIVE ? r->parked - 1 : -1;
+        if (node >= 0)
+            r->parked = 0;
+        uint64_t off = (uint64_t)((uint8_t *)r->block + MIG_STACK - MIG_TCB_SPACE - dsm_region.app);
+        pthread_mutex_unlock(&mig.lock);
+        if (node >= 0)
+            send_run(node, (uint32_t)dsm_core_rank() * MIG_PER_NODE + i, off);
+    }
+}
+
+/* The threads this node created and nobody joined yet, as records of 32 bytes: u32 index, u32 generation,
+ * u32 state, i32 parked, u64 block offset, u64 return value. */
+size_t dsm_mig_save_threads(uint8_t **buf_p)
+{
+    uint8_t *b = malloc(MIG_PER_NODE * 32 + 1), *o = b;
+    if (!b)
+        return 0;
+    pthread_mutex_lock(&mig.lock);
+    for (uint32_t i = 0; i < MIG_PER_NODE; i++) {
+        struct rec *r = &mig.rec[i];
+        if (r->state == REC_FREE)
+            continue;
+        dsm_le32_put(o, i);
+        dsm_le32_put(o + 4, r->gen);
+        dsm_le32_put(o + 8, (uint32_t)r->state);
+        dsm_le32_put(o + 12, (uint32_t)r->parked);
+        dsm_le64_put(o + 16, (uint64_t)((uint8_t *)r->block - dsm_region.app));
+        dsm_le64_put(o + 24, (uint64_t)(uintptr_t)r->ret);
+        o += 32;
+    }
+    pthread_mutex_unlock(&mig.lock);
+    *buf_p = b;
+    return (size_t)(o - b) + 1; /* + 1: an empty table is not an error */
+}
+
+int dsm_mig_check_threads(const uint8_t *b, size_t len)
+{
+    if (len % 32 != 1)
+        return 0;
+    for (size_t k = 0; k + 32 <= len; k += 32) {
+        uint32_t i = dsm_le32_get(b + k), st = dsm_le32_get(b + k + 8), parked = dsm_le32_get(b + k + 12);
+        uint64_t off = dsm_le64_get(b + k + 16);
+        size_t pg;
+        if (i >= MIG_PER_NODE || (st != REC_LIVE && st != REC_DONE) || dsm_le32_get(b + k + 4) == 0 ||
+            (st == REC_LIVE && (parked < 1 || parked > (uint32_t)dsm_core_size())) || off % DSM_PAGE_SIZE ||
+            off >= dsm_region.size || !dsm_region_page(dsm_region.app + off, &pg) ||
+            dsm_page_home(pg) != dsm_core_rank())
+            return 0;
+    }
+    return 1;
+}
+
+void dsm_mig_load_threads(const uint8_t *b, size_t len)
+{
+    pthread_mutex_lock(&mig.lock);
+    for (size_t k = 0; k + 32 <= len; k += 32) {
+        struct rec *r = &mig.rec[dsm_le32_get(b + k)];
+        memset(r, 0, sizeof *r);
+        r->gen = dsm_le32_get(b + k + 4);
+        r->state = (int)dsm_le32_get(b + k + 8);
+        r->parked = (int)dsm_le32_get(b + k + 12);
+        r->joiner = -1;
+        r->block = dsm_region.app + dsm_le64_get(b + k + 16);
+        r->ret = (void *)(uintptr_t)dsm_le64_get(b + k + 24);
+        r->done = r->state == REC_DONE;
+    }
+    pthread_mutex_unlock(&mig.lock);
+}
+
+void dsm_mig_secrets(uint64_t *canary, uint64_t *guard, uint64_t *code0, uint64_t *root_off)
+{
+    *canary = mig.canary;
+    *guard = mig.guard;
+    *code0 = mig.code0;
+    *root_off = mig.root_off;
+}
+
+void dsm_mig_adopt(uint64_t canary, uint64_t guard)
+{
+    mig.canary = canary;
+    mig.guard = guard;
+}
+
+DSM_API void **dsm_root(void)
+{
+    if (!mig.up) {
+        dsm_set_last_error(DSM_ENOTINIT);
+        return NULL;
+    }
+    return (void **)(dsm_region.app + mig.root_off);
+}
+
 /* ---- setup ---- */
 
 static uint64_t fnv(uint64_t h, const void *p, size_t n)
@@ -756,6 +922,7 @@ struct mig_card { /* what each node says at dsm_init */
     uint64_t canary; /* rank 0's are the job's */
     uint64_t guard;
     uint64_t area;   /* where the carriers' memory is, 0 when it could not be reserved */
+    uint64_t root;   /* node 0: offset of dsm_root's word */
 };
 
 int dsm_mig_setup(void)
@@ -791,6 +958,10 @@ int dsm_mig_setup(void)
             return DSM_ESYS;
         me.canary = r[0] & ~(uint64_t)0xff; /* low byte zero, as glibc: string overflows stop at it */
         me.guard = r[1];
+        void *root = dsm_malloc(sizeof(void *));
+        if (!root)
+            return DSM_ENOMEM;
+        me.root = (uint64_t)((uint8_t *)root - dsm_region.app);
     }
     void **vals = calloc((size_t)size, sizeof *vals);
     size_t *lens = calloc((size_t)size, sizeof *lens);
@@ -806,6 +977,8 @@ int dsm_mig_setup(void)
     if (rc == DSM_OK) {
         mig.canary = cards[0].canary;
         mig.guard = cards[0].guard;
+        mig.code0 = cards[0].code;
+        mig.root_off = cards[0].root;
         mig.ok = 1;
         snprintf(mig.why, sizeof mig.why, "migration is available");
         for (int p = 0; p < size && mig.ok; p++) {
@@ -837,7 +1010,8 @@ int dsm_mig_setup(void)
         mig.area = a;
     }
     if ((rc = dsm_am_register(AM_RUN, on_run, NULL)) || (rc = dsm_am_register(AM_DONE, on_done, NULL)) ||
-        (rc = dsm_am_register(AM_JOIN, on_join, NULL)) || (rc = dsm_am_register(AM_JOINED, on_joined, NULL)) || (rc = dsm_am_register(AM_EXIT, on_exit_msg, NULL)))
+        (rc = dsm_am_register(AM_JOIN, on_join, NULL)) || (rc = dsm_am_register(AM_JOINED, on_joined, NULL)) || (rc = dsm_am_register(AM_EXIT, on_exit_msg, NULL)) ||
+        (rc = dsm_am_register(AM_PARKED, on_parked, NULL)))
         return rc;
     mig.up = 1;
     return DSM_OK;
