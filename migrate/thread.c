@@ -336,7 +336,8 @@ static int hand_over(uint32_t slot, uint64_t off)
 static void leave(struct carrier *c, struct tcb *t)
 {
     pthread_sigmask(SIG_SETMASK, NULL, &t->mask);
-    switch_to(&t->sp, c->sp, NULL, 0);
+    uint8_t *stack = slot_mem((size_t)(c - mig.car)) + MIG_ALT_BYTES;
+    switch_to(&t->sp, c->sp, stack, MIG_SLOT_BYTES - MIG_ALT_BYTES);
 }
 
 DSM_API void dsm_thread_exit(void *ret)

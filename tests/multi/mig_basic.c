@@ -216,6 +216,7 @@ static void run(void *(*fn)(void *), void *arg, void *want, const char *what)
 
 int main(int argc, char **argv)
 {
+    mt_aslr_off(argv);
     mt_init(&argc, &argv);
     nodes = dsm_size();
     int me = dsm_rank();

@@ -64,6 +64,7 @@ int main(int argc, char **argv)
 {
     MT_CHECK(argc >= 2, "usage: mig_ckpt full | save DIR | restore DIR | bad DIR CODE");
     const char *mode = argv[1], *dir = argc > 2 ? argv[2] : "";
+    mt_aslr_off(argv);
     mt_init(&argc, &argv);
     int me = dsm_rank();
     MT_CHECK(dsm_root() && *dsm_root() == NULL, "dsm_root starts NULL");

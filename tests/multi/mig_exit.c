@@ -29,6 +29,7 @@ static void *quit(void *arg)
 
 int main(int argc, char **argv)
 {
+    mt_aslr_off(argv);
     mt_init(&argc, &argv);
     atexit(dsm_rank() == 0 ? said_rank0 : said_other);
     if (dsm_rank() == 0) {

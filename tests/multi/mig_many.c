@@ -55,6 +55,7 @@ static void *worker(void *arg)
 
 int main(int argc, char **argv)
 {
+    mt_aslr_off(argv);
     mt_init(&argc, &argv);
     nodes = dsm_size();
     MT_CHECK(nodes <= 64, "at most 64 nodes (%d)", nodes);

@@ -37,6 +37,10 @@ static void *t_try(void *arg)
 static void become(char **argv)
 {
     const char *r = getenv("DSM_RANK"), *n = getenv("DSM_SIZE");
+    if (!r) /* srun, mpirun */
+        r = getenv("PMIX_RANK");
+    if (!n)
+        n = getenv("SLURM_NTASKS") ? getenv("SLURM_NTASKS") : getenv("OMPI_COMM_WORLD_SIZE");
     if (!r || !n || getenv("MIG_MISMATCH_DONE"))
         return;
     setenv("MIG_MISMATCH_DONE", "1", 1);
@@ -58,6 +62,8 @@ static void become(char **argv)
 
 int main(int argc, char **argv)
 {
+    if (!getenv("MIG_MISMATCH_DONE"))
+        mt_aslr_off(argv); /* the mismatch must come from become() alone */
     become(argv);
     mt_init(&argc, &argv);
     int me = dsm_rank(), n = dsm_size();

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/personality.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -62,6 +63,17 @@ static inline void mt_bump(uint32_t *word)
 {
     __atomic_add_fetch(word, 1, __ATOMIC_ACQ_REL);
     dsm_futex_wake(word);
+}
+
+/* dsm threads migrate only between nodes that load the program at the same addresses: start again with address
+ * randomization off when it is on (as setarch -R does; dsmrun has it off already, srun and mpirun do not). */
+static inline void mt_aslr_off(char **argv)
+{
+    int pers = personality(0xffffffff);
+    if (pers == -1 || (pers & ADDR_NO_RANDOMIZE))
+        return;
+    if (personality((unsigned long)pers | ADDR_NO_RANDOMIZE) != -1)
+        execv("/proc/self/exe", argv);
 }
 
 static inline void mt_init(int *argc, char ***argv)
