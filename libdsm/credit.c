@@ -23,6 +23,7 @@
 #include "libdsm/core.h"
 #include "libdsm/log.h"
 #include "libdsm/wait.h"
+#include "migrate/mig.h"
 
 unsigned dsm_credit_window = 256;
 int dsm_credit_debug_ignore;
@@ -57,6 +58,7 @@ void dsm_credit_teardown(void)
 
 int dsm_chan_send(int peer, int chan, uint8_t am_id, const void *hdr, size_t hl, const void *payload, size_t len)
 {
+    dsm_mig_probe();
     if (peer != dsm_core_rank() && !dsm_credit_debug_ignore) {
         uint32_t *a = &avail[chan][peer];
         int timeout_ms = dsm_core_config()->timeout_s * 1000, waited = 0;

@@ -255,6 +255,7 @@ int dsm_am_send(int peer, uint8_t am_id, const void *hdr, size_t hdr_len, const 
 {
     if (!peer_ok(peer) || hdr_len > DSM_TP_AM_HDR_MAX || len > DSM_TP_AM_PAYLOAD_MAX || am_id == 0)
         return DSM_EINVAL;
+    dsm_mig_probe();
     __atomic_add_fetch(&core.msgs_tx, 1, __ATOMIC_RELAXED);
     if (peer == core.rank)
         return core_am_dispatch(peer, am_id, hdr, hdr_len, payload, len);
@@ -351,6 +352,7 @@ void dsm_mreg_forget(dsm_mreg_t *m)
 
 static int rma_check(int peer, size_t len, const dsm_mreg_t *m, uint64_t off)
 {
+    dsm_mig_probe();
     if (!peer_ok(peer) || !m || peer == core.rank || off > m->rkey[peer].len || len > m->rkey[peer].len - off)
         return DSM_EINVAL;
     return DSM_OK;

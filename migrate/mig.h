@@ -26,6 +26,11 @@ void dsm_mig_load_threads(const uint8_t *b, size_t len);
 void dsm_mig_secrets(uint64_t *canary, uint64_t *guard, uint64_t *code0, uint64_t *root_off);
 void dsm_mig_adopt(uint64_t canary, uint64_t guard);
 
+/* Called before libdsm sends (transport and credit locks ahead): on a dsm thread's stack, which is shared memory,
+ * write the next MIG_PROBE bytes below the stack pointer, so the stack pages the send path grows into are present
+ * here before a lock is taken (a fault on them inside a transport lock would wait for that same lock). */
+void dsm_mig_probe(void);
+
 /* The context switch (ctx.S): save the caller's context, saving its stack pointer in *save_sp, and resume the
  * one saved at next_sp. */
 void dsm_mig_switch(void **save_sp, void *next_sp);

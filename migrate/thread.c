@@ -243,6 +243,10 @@ static void carrier_run(struct carrier *c, struct tcb *t)
     c->t = t;
     switch_to(&c->sp, t->sp, bottom, (size_t)((uint8_t *)t - bottom));
     c->t = NULL;
+#ifdef MIG_ASAN
+    /* The thread's frames here are left behind: no stale poison on memory other threads or dsm_malloc reuse. */
+    ASAN_UNPOISON_MEMORY_REGION(bottom, (size_t)((uint8_t *)t - bottom));
+#endif
     pthread_sigmask(SIG_SETMASK, &own, NULL);
     uint64_t id = t->id, off = tcb_off(t);
     int action = t->action, target = t->target;
@@ -328,6 +332,20 @@ static int hand_over(uint32_t slot, uint64_t off)
     pthread_mutex_unlock(&mig.lock);
     dsm_futex_wake(&c->mail);
     return DSM_OK;
+}
+
+#define MIG_PROBE (24u << 10)
+
+void dsm_mig_probe(void)
+{
+    struct carrier *c = cur;
+    if (!c || !c->t)
+        return;
+    uint8_t *sp = __builtin_frame_address(0), *bottom = tcb_stack_bottom(c->t);
+    if (sp < bottom || sp > (uint8_t *)c->t) /* on the alternate signal stack: the fault path */
+        return;
+    for (uint8_t *p = sp - 256; p >= bottom && p > sp - MIG_PROBE; p -= DSM_PAGE_SIZE)
+        __asm__ volatile("movb $0, (%0)" ::"r"(p) : "memory"); /* dead memory below the frames */
 }
 
 /* ---- leaving a context ---- */
