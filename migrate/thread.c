@@ -95,6 +95,7 @@ _Static_assert(sizeof(struct tcb) <= MIG_TCB_SPACE, "control block too large");
 struct carrier {
     pthread_t th;
     int started;
+    struct carrier *next_started; /* the list of started carriers (teardown), under mig.lock */
     uint32_t mail;     /* futex word: bumped by the progress thread when it hands the slot's thread over */
     uint32_t seen;
     uint64_t next_off; /* the control block handed over */
@@ -130,7 +131,8 @@ static struct {
     uint8_t *area;      /* carriers' private memory, [nslots * MIG_SLOT_BYTES] at the same address everywhere */
     size_t area_len;
     size_t nslots;
-    struct carrier *car;
+    struct carrier *car;  /* [nslots], touched only for slots in use */
+    struct carrier *started;
     pthread_mutex_t lock; /* car[].started, rec[], jw[] */
     struct rec rec[MIG_PER_NODE];
     struct jwait jw[MIG_JOIN_WAITS];
@@ -328,6 +330,8 @@ static int hand_over(uint32_t slot, uint64_t off)
             dsm_fail_stop(-1, "cannot start a carrier thread for an arriving dsm thread");
         }
         c->started = 1;
+        c->next_started = mig.started;
+        mig.started = c;
     }
     pthread_mutex_unlock(&mig.lock);
     dsm_futex_wake(&c->mail);
@@ -786,8 +790,7 @@ int dsm_mig_fresh(void)
     pthread_mutex_lock(&mig.lock);
     for (unsigned i = 0; i < MIG_PER_NODE; i++)
         fresh &= mig.rec[i].state == REC_FREE;
-    for (size_t s = 0; s < mig.nslots; s++)
-        fresh &= !mig.car[s].started;
+    fresh &= mig.started == NULL;
     pthread_mutex_unlock(&mig.lock);
     return fresh;
 }
@@ -1041,10 +1044,7 @@ void dsm_mig_teardown(void)
     mig.up = 0;
     __atomic_store_n(&mig.stop, 1, __ATOMIC_RELEASE);
     int left = 0;
-    for (size_t s = 0; mig.car && s < mig.nslots; s++) {
-        struct carrier *c = &mig.car[s];
-        if (!c->started)
-            continue;
+    for (struct carrier *c = mig.started; c; c = c->next_started) {
         if (__atomic_load_n(&c->t, __ATOMIC_ACQUIRE) || __atomic_load_n(&c->mail, __ATOMIC_ACQUIRE) != c->seen) {
             left++; /* still runs a dsm thread: it cannot be stopped, and its memory stays */
             pthread_detach(c->th);
@@ -1062,5 +1062,6 @@ void dsm_mig_teardown(void)
     }
     mig.area = NULL;
     mig.car = NULL;
+    mig.started = NULL;
     mig.nslots = 0;
 }
