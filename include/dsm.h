@@ -159,8 +159,8 @@ DSM_API dsm_lock_t *dsm_lock_create(void);
 
 /*
  * dsm threads (DESIGN.md 4.6): threads that start on any node and move between nodes while they run. A dsm
- * thread is a user-level context whose stack (256 KiB) and control block are shared memory, run on each node by
- * a carrier pthread of its own. Migration needs the same code at the same addresses on every node: the same
+ * thread is a user-level context whose stack (256 KiB, with no guard page: keep large arrays in shared memory
+ * from dsm_malloc) and control block are shared memory, run on each node by a carrier pthread of its own. Migration needs the same code at the same addresses on every node: the same
  * executable and libraries, started with address randomization off (dsmrun does it; under mpirun or srun, start
  * the program as `setarch -R prog`). dsm_init checks this; where it does not hold, dsm_migrate and a
  * dsm_thread_create on another node fail with DSM_EMISMATCH and the log names the cause (all else works).

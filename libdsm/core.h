@@ -120,6 +120,8 @@ size_t dsm_malloc_save(uint8_t **buf_p);
 int dsm_malloc_check(const uint8_t *b, size_t len);
 int dsm_malloc_load(const uint8_t *b, size_t len);
 size_t dsm_malloc_hwm(void);
+/* A small block kept by the library for the whole run, not counted by dsm_malloc_in_use (dsm_root's word). */
+void *dsm_malloc_keep(size_t len);
 /* lock.c */
 int dsm_lock_setup(void);
 void dsm_lock_teardown(void);

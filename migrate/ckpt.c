@@ -495,7 +495,7 @@ DSM_API int dsm_restore(const char *path)
     int rc;
     if (!path || !*path || strlen(path) > PATH_MAX - 64)
         rc = fail(why, sizeof why, DSM_EINVAL, "%s%s", !path || !*path ? "no path" : "path too long", "");
-    else if (!dsm_mig_fresh() || dsm_malloc_in_use() > (dsm_core_rank() == 0 ? 16u : 0u))
+    else if (!dsm_mig_fresh() || dsm_malloc_in_use() > 0)
         rc = fail(why, sizeof why, DSM_EINVAL, "dsm threads were started or dsm_malloc was called: call dsm_restore right after dsm_init%s",
                   "", "");
     else

@@ -980,7 +980,7 @@ int dsm_mig_setup(void)
             return DSM_ESYS;
         me.canary = r[0] & ~(uint64_t)0xff; /* low byte zero, as glibc: string overflows stop at it */
         me.guard = r[1];
-        void *root = dsm_malloc(sizeof(void *));
+        void *root = dsm_malloc_keep(sizeof(void *));
         if (!root)
             return DSM_ENOMEM;
         me.root = (uint64_t)((uint8_t *)root - dsm_region.app);
