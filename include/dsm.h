@@ -157,6 +157,34 @@ DSM_API int dsm_lock_destroy(dsm_lock_t *l);
 /* Collective: a lock allocated and initialized for every node; NULL on error (dsm_last_error()). */
 DSM_API dsm_lock_t *dsm_lock_create(void);
 
+/*
+ * Thread-level barrier and condition variable for any mix of threads on any nodes. Like dsm_lock_t they are
+ * plain structs that may live anywhere in shared memory; any one thread initializes each once; the home node of
+ * the page keeps the waiters. The sizes leave room to overlay pthread_barrier_t and pthread_cond_t.
+ * dsm_barrier_wait returns when count threads (of any nodes) have called it, DSM_OK to each, then the barrier is
+ * ready for the next round; threads that wait with different counts get DSM_EINVAL.
+ * dsm_cond_wait(c, l) needs l held by the calling node; it releases l, waits, and holds l again on return. As
+ * with pthreads, a wake-up may be spurious: wait in a loop that tests the predicate. A signal reaches at least
+ * one thread that was waiting when it was sent; a broadcast reaches all of them.
+ * Errors: DSM_EINVAL (not initialized, not in shared memory, count 0, l not held), DSM_ENOTINIT.
+ */
+typedef struct dsm_barrier {
+    uint64_t opaque[4];
+} dsm_barrier_t;
+
+typedef struct dsm_cond {
+    uint64_t opaque[6];
+} dsm_cond_t;
+
+DSM_API int dsm_barrier_init(dsm_barrier_t *b, unsigned count);
+DSM_API int dsm_barrier_wait(dsm_barrier_t *b);
+DSM_API int dsm_barrier_destroy(dsm_barrier_t *b);
+DSM_API int dsm_cond_init(dsm_cond_t *c);
+DSM_API int dsm_cond_wait(dsm_cond_t *c, dsm_lock_t *l);
+DSM_API int dsm_cond_signal(dsm_cond_t *c);
+DSM_API int dsm_cond_broadcast(dsm_cond_t *c);
+DSM_API int dsm_cond_destroy(dsm_cond_t *c);
+
 /* Per-node counters. Set size to sizeof(dsm_stats_t) before the call: later versions add fields at the end
  * and fill only what the caller's struct has room for. */
 typedef struct dsm_stats {
