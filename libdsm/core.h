@@ -39,6 +39,8 @@ int dsm_core_rank(void);
 int dsm_core_size(void);
 dsm_boot_t *dsm_core_boot(void);
 const dsm_config_t *dsm_core_config(void);
+/* The job secret connections authenticate with (DSM_AUTH_KEY_SIZE bytes), NULL when DSM_AUTH=off or alone. */
+const uint8_t *dsm_core_secret(void);
 
 /* Bind the calling thread (the progress thread) to DSM_PROGRESS_CPU, else near the RDMA device in use. */
 void dsm_progress_bind(void);

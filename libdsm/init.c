@@ -20,11 +20,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "dsm.h"
 #include "libdsm/coh.h"
 #include "libdsm/core.h"
 #include "libdsm/error.h"
 #include "libdsm/log.h"
+#include "libdsm/secret.h"
 #include "libdsm/wait.h"
 #include "libdsm/stats.h"
 #include "transport/wire.h"
@@ -831,6 +834,14 @@ static int ranks_on_this_host(void)
 
 /* ---- init and finalize ---- */
 
+/* The job secret every connection proves (DESIGN.md 4.7); zeroed at teardown. */
+static uint8_t job_secret[DSM_AUTH_KEY_SIZE];
+
+const uint8_t *dsm_core_secret(void)
+{
+    return core.services.secret;
+}
+
 static void teardown(int clean)
 {
     __atomic_store_n(&core.progress_stop, 1, __ATOMIC_RELEASE);
@@ -856,6 +867,8 @@ static void teardown(int clean)
     core.up = 0;
     core.finalizing = 0;
     core.rank = core.size = -1;
+    core.services.secret = NULL;
+    sodium_memzero(job_secret, sizeof job_secret);
     dsm_log_set_rank(-1);
 }
 
@@ -909,6 +922,11 @@ DSM_API int dsm_init_version(int api_version, int *argc, char ***argv)
         .setting = core_setting,
         .may_allocate = core_may_allocate,
     };
+    if (core.size > 1 && core.cfg.auth) {
+        if ((rc = dsm_secret_obtain(&core.cfg, &core.boot, job_secret, err, sizeof err)))
+            goto fail;
+        core.services.secret = job_secret;
+    }
     dsm_debug("joined job %016llx as rank %d of %d through %s", (unsigned long long)core.boot.job_id, core.rank,
               core.size, core.boot.name);
 
