@@ -1244,6 +1244,11 @@ static int tcp_connect(dsm_tp_t *tp, const void *const *addr, const size_t *addr
                 waiting = p;
         if (waiting < 0)
             return DSM_OK;
+        if (tp->peers[waiting] && tp->peers[waiting]->state == CONN_CLOSED) {
+            /* Our own connection was refused in the handshake (the log says why): waiting cannot help. */
+            core->log(DSM_LOG_ERROR, TCP_NAME, "the connection to node %d failed in the handshake", waiting);
+            return DSM_EPROTO;
+        }
         if (now_ms() > deadline) {
             core->log(DSM_LOG_ERROR, TCP_NAME, "node %d did not complete the connection within DSM_TIMEOUT",
                       waiting);
