@@ -18,6 +18,7 @@
 /* Active-message handler ids. The core owns 1..127; tests use DSM_AM_TEST_FIRST and up. */
 enum {
     DSM_AM_BARRIER = 1,
+    DSM_AM_HEARTBEAT = 2,
     DSM_AM_TEST_FIRST = 200,
 };
 

@@ -26,6 +26,7 @@
 #include "libdsm/coh.h"
 #include "libdsm/core.h"
 #include "libdsm/error.h"
+#include "libdsm/heartbeat.h"
 #include "libdsm/log.h"
 #include "libdsm/secret.h"
 #include "libdsm/wait.h"
@@ -171,6 +172,7 @@ __attribute__((noreturn)) void dsm_fail_stop(int node, const char *reason)
         for (int i = 0; i < core.ntp; i++)
             if (core.tp[i].used && core.tp[i].tp)
                 core.tp[i].ops->tell_lost(core.tp[i].tp, node);
+    dsm_error_handler_run(node >= 0 ? DSM_ENODE : DSM_EPROTO, node);
     if (core.boot.note_abort && core.boot.priv)
         core.boot.note_abort(&core.boot, msg);
     _exit(1);
@@ -844,6 +846,7 @@ const uint8_t *dsm_core_secret(void)
 
 static void teardown(int clean)
 {
+    dsm_hb_stop();
     __atomic_store_n(&core.progress_stop, 1, __ATOMIC_RELEASE);
     for (int i = 0; i < core.nprogress; i++)
         pthread_join(core.progress[i], NULL);
@@ -938,7 +941,7 @@ DSM_API int dsm_init_version(int api_version, int *argc, char ***argv)
     if ((rc = dsm_barrier_setup()) || (rc = dsm_region_reserve()) || (rc = dsm_alloc_setup()) ||
         (rc = dsm_pg_setup()) || (rc = dsm_dir_setup()) || (rc = dsm_lock_setup()) ||
         (rc = dsm_stats_setup()) || (rc = dsm_malloc_setup()) ||
-        (rc = dsm_credit_setup(core.size))) {
+        (rc = dsm_credit_setup(core.size)) || (rc = dsm_hb_setup(core.rank, core.size, core.cfg.timeout_s))) {
         snprintf(err, sizeof err, "%s", dsm_strerror(rc));
         goto fail;
     }
@@ -948,8 +951,8 @@ DSM_API int dsm_init_version(int api_version, int *argc, char ***argv)
     } else {
         if ((rc = tp_select(err, sizeof err)))
             goto fail;
-        if ((rc = progress_start()) != DSM_OK) {
-            snprintf(err, sizeof err, "cannot start a progress thread");
+        if ((rc = progress_start()) != DSM_OK || (rc = dsm_hb_start()) != DSM_OK) {
+            snprintf(err, sizeof err, "cannot start a progress or heartbeat thread");
             goto fail;
         }
     }
@@ -981,6 +984,8 @@ DSM_API int dsm_finalize(void)
     int rc = dsm_barrier();
     pthread_mutex_lock(&core.lock);
     core.finalizing = 1;
+    /* No heartbeat may follow this node's bye, and peers that said bye send none. */
+    dsm_hb_stop();
     /* Say bye on every connection, then wait for every peer's bye: all their earlier messages are then in. */
     for (int p = 0; rc == DSM_OK && p < core.size; p++)
         if (p != core.rank)
