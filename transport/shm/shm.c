@@ -1376,9 +1376,11 @@ static void accept_one(dsm_tp_t *tp, int fd)
         hello_fill(tp, &a, CTL_HELLO_ACK, pe->rank);
         memcpy(a.nonce, ax.nonce_a, sizeof a.nonce);
         dsm_auth_mac(tp->core->secret, DSM_AUTH_ACCEPTOR, &ax, a.mac);
+        /* The connector is the process the rank published (pid checked above): it may take up to DSM_TIMEOUT to
+         * answer on a loaded host, as in its own wait for our answer. */
         if (ctl_send(fd, &a, -1) != 0)
             why = "cannot answer the hello";
-        else if (ctl_wait(fd, &m, &mfd, SHM_HELLO_WAIT_MS, &why) == 0 && !(why = hello_check(tp, &m, CTL_AUTH))) {
+        else if (ctl_wait(fd, &m, &mfd, tp->core->timeout_ms, &why) == 0 && !(why = hello_check(tp, &m, CTL_AUTH))) {
             if (m.src != ax.connector)
                 why = "authentication from another rank";
             else if (dsm_auth_check(tp->core->secret, DSM_AUTH_CONNECTOR, &ax, m.mac) != 0)
