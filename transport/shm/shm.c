@@ -520,7 +520,8 @@ static int pend_flush(dsm_tp_t *tp, struct shm_peer *pe)
         if (r <= 0)
             return r;
         struct shm_pend *m = pe->pend;
-        pe->pend = m->next;
+        /* Stored atomically: progress peeks at it without tx_lock (drain_all, any_pending). */
+        __atomic_store_n(&pe->pend, m->next, __ATOMIC_RELAXED);
         if (!pe->pend)
             pe->pend_last = NULL;
         if (m->spare) {
@@ -539,7 +540,7 @@ static int pend_queue(dsm_tp_t *tp, struct shm_peer *pe, struct shm_pend *m, siz
     if (pe->pend_last)
         pe->pend_last->next = m;
     else
-        pe->pend = m;
+        __atomic_store_n(&pe->pend, m, __ATOMIC_RELAXED);
     pe->pend_last = m;
     pend_flush(tp, pe);
     pthread_mutex_unlock(&pe->tx_lock);
@@ -1056,7 +1057,7 @@ static int drain_all(dsm_tp_t *tp)
         int r = rx_drain(tp, pe);
         if (r > 0)
             n += r;
-        if (pe->pend && pthread_mutex_trylock(&pe->tx_lock) == 0) {
+        if (__atomic_load_n(&pe->pend, __ATOMIC_RELAXED) && pthread_mutex_trylock(&pe->tx_lock) == 0) {
             if (pend_flush(tp, pe) < 0) {
                 pthread_mutex_unlock(&pe->tx_lock);
                 tp->core->peer_lost(pe->rank, "its queue indices are corrupted");
