@@ -826,7 +826,8 @@ static int auth_post(dsm_tp_t *tp, struct rdma_peer *pe, uint8_t type, const voi
     struct frame f = {.type = type, .len = (uint32_t)len};
     frame_enc(fh, &f);
     pthread_mutex_lock(&pe->slock);
-    int posted = pe->state == P_UP && frame_post(tp, pe, fh, body, len, NULL, 0, 0) > 0;
+    int posted = (pe->state == P_UP || pe->state == P_CONNECTING) && pe->qp &&
+                 frame_post(tp, pe, fh, body, len, NULL, 0, 0) > 0;
     pthread_mutex_unlock(&pe->slock);
     return posted;
 }
@@ -834,7 +835,7 @@ static int auth_post(dsm_tp_t *tp, struct rdma_peer *pe, uint8_t type, const voi
 /* The peer's connection fails authentication while connecting: refused and logged, never a loss of the job. */
 static void auth_refuse(dsm_tp_t *tp, struct rdma_peer *pe, const char *why)
 {
-    if (pe->state != P_UP)
+    if (pe->state != P_UP && pe->state != P_CONNECTING)
         return;
     RLOG(tp, DSM_LOG_ERROR, "refused the RDMA connection of node %d (%s): %s", pe->rank, pe->name, why);
     tp->core->count_refused();
@@ -847,7 +848,8 @@ static void auth_frame(dsm_tp_t *tp, struct rdma_peer *pe, const struct frame *f
 {
     const uint8_t *key = tp->core->secret;
     int connector = pe->rank < tp->rank;
-    if (pe->state != P_UP)
+    /* The accepting side may see AUTH1 before its own ESTABLISHED event (the queue pair is ready at accept). */
+    if (pe->state != P_UP && pe->state != P_CONNECTING)
         return; /* refused already: ignore what follows */
     if (f->type == F_AUTH1 && !connector && pe->auth_step == 0) {
         pe->auth = (dsm_auth_ctx_t){.job_id = tp->core->job_id, .connector = (uint32_t)pe->rank,
@@ -1240,6 +1242,8 @@ static int on_request(dsm_tp_t *tp, struct rdma_cm_event *ev, int connecting)
         pe->state = P_FAILED;
         return 1;
     }
+    /* Frames may complete before this side's ESTABLISHED event: map the queue pair now (AUTH1 comes first). */
+    qmap_set(tp, pe->qp->qp_num, pe->rank);
     struct cm_priv p;
     priv_enc(&p, tp, (int)src, REJ_NONE);
     struct rdma_conn_param cp;
