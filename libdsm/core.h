@@ -42,6 +42,8 @@ dsm_boot_t *dsm_core_boot(void);
 const dsm_config_t *dsm_core_config(void);
 /* The job secret connections authenticate with (DSM_AUTH_KEY_SIZE bytes), NULL when DSM_AUTH=off or alone. */
 const uint8_t *dsm_core_secret(void);
+/* Did the peer say bye (dsm_finalize) with nothing of it left to read? */
+int dsm_core_peer_left(int peer);
 
 /* Bind the calling thread (the progress thread) to DSM_PROGRESS_CPU, else near the RDMA device in use. */
 void dsm_progress_bind(void);

@@ -84,7 +84,8 @@ static void *hb_main(void *arg)
                 continue;
             if (overslept)
                 __atomic_store_n(&hb.last_rx[p], now, __ATOMIC_RELAXED);
-            else if (now - __atomic_load_n(&hb.last_rx[p], __ATOMIC_RELAXED) > hb.timeout_ms)
+            else if (now - __atomic_load_n(&hb.last_rx[p], __ATOMIC_RELAXED) > hb.timeout_ms && !dsm_core_peer_left(p))
+                /* (A peer that said bye sends none: its connection tells whether it left too early.) */
                 dsm_fail_stop(p, "no heartbeat within DSM_TIMEOUT: the process is stopped, hung or unreachable");
             dsm_am_send(p, DSM_AM_HEARTBEAT, NULL, 0, NULL, 0);
         }

@@ -844,6 +844,13 @@ const uint8_t *dsm_core_secret(void)
     return core.services.secret;
 }
 
+int dsm_core_peer_left(int peer)
+{
+    if (!core.up || peer < 0 || peer >= core.size || peer == core.rank || !core.peer_tp)
+        return 0;
+    return PEER_TP(peer)->ops->peer_left(PEER_TP(peer)->tp, peer);
+}
+
 static void teardown(int clean)
 {
     dsm_hb_stop();
