@@ -21,7 +21,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* The first byte picks the limits, so both small and large jobs are explored. */
     if (size < 1)
         return 0;
-    dsm_wire_limits_t lim = {.nranks = 1u + data[0] % 130u, .payload_max = data[0] & 0x80 ? DSM_TP_AM_PAYLOAD_MAX : 4096};
+    dsm_wire_limits_t lim = {.nranks = 1u + data[0] % 130u,
+                             .payload_max = data[0] & 0x80 ? DSM_TP_AM_PAYLOAD_MAX : 4096};
     data++;
     size--;
     size_t off = 0;
