@@ -205,6 +205,13 @@ DSM_API const char *dsm_strerror(int status);
 /* The status of the calling thread's last failed call that returns a pointer or an index. */
 DSM_API int dsm_last_error(void);
 
+/* Set the function called when this node fails stop (DESIGN.md 4.7): once, on whichever thread detected the
+ * failure, just before the process exits with status 1. err is DSM_ENODE with node the lost node (its connection
+ * closed or failed, or no heartbeat came from it within DSM_TIMEOUT), or DSM_EPROTO with node -1 when this node
+ * itself cannot go on. It must not call libdsm and should be short (e.g. flush a log); the process exits when it
+ * returns. NULL removes it. May be called before dsm_init. */
+DSM_API void dsm_set_error_handler(void (*fn)(int err, int node));
+
 /* The providers this node uses, e.g. "tcp", or "self" for a single-node run; "none" before dsm_init.
  * The string is static. */
 DSM_API const char *dsm_transport_name(void);
