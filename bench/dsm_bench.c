@@ -1,0 +1,834 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dsm_bench - libdsm's benchmarks and, in the same run, their baselines (DESIGN.md 4.8). Every rank of a dsmrun
+ * job runs this program; rank 0 measures and reports (Google Benchmark's JSON through bench/shim.h), the others
+ * serve. Names: base/... are the baselines (a local page fault with mprotect, our own raw TCP request/response
+ * and shared-memory ping-pong on the same path), tp/... the transport layer (active messages, one-sided put and
+ * get, atomics), coh/... the coherence protocol (misses, upgrade, page ping-pong, fault throughput), sync/...
+ * barriers and locks, bulk/... dsm_get and dsm_put. bench/report.py turns the JSON of several runs into the
+ * table of ratios.
+ *
+ * Options before Google Benchmark's own: --scale=F multiplies every iteration count (make bench-quick uses a
+ * small one; the harness test a tiny one). Rank 0's peer is rank 1 (the home of the pages rank 0 misses on);
+ * rank 2, where there is one, plays the third node.
+ *
+ * Waiting: the baselines wait as libdsm does, so a thread wake-up (tens of us here) is on both sides or on neither:
+ * they spin under DSM_WAIT=spin and sleep (futex, blocking recv) otherwise. bench/run picks spin only where every
+ * rank's application and progress threads have a core each. Every wait is bounded by BENCH_WAIT_S, so a lost
+ * message fails the run instead of hanging it.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "bench/shim.h"
+#include "dsm.h"
+#include "libdsm/core.h"
+#include "libdsm/stats.h"
+
+#define PAGE 4096u
+#define BENCH_WAIT_S 120.0
+
+static int me, nodes;
+static double scale = 1.0;
+
+static void die(const char *what)
+{
+    fprintf(stderr, "dsm_bench rank %d: %s\n", me, what);
+    exit(1);
+}
+
+static void check(int rc, const char *what)
+{
+    if (rc != DSM_OK) {
+        fprintf(stderr, "dsm_bench rank %d: %s: %s\n", me, what, dsm_strerror(rc));
+        exit(1);
+    }
+}
+
+/* Wait until *w reaches want (a counter that never wraps here), or fail after BENCH_WAIT_S. In spin mode the
+ * loop never sleeps; else it sleeps on the word's futex (shared: between processes), as libdsm's block mode does. */
+static int spin_mode;
+
+static void wait_word(uint32_t *w, uint32_t want, int shared, const char *what)
+{
+    double end = 0;
+    unsigned k = 0;
+    uint32_t v;
+    while ((v = __atomic_load_n(w, __ATOMIC_ACQUIRE)) < want) {
+        if ((++k & 0xfff) == 0 || !spin_mode) {
+            if (end == 0) {
+                end = dsmb_now() + BENCH_WAIT_S;
+            } else if (dsmb_now() > end) {
+                fprintf(stderr, "dsm_bench rank %d: waited %.0f s for %s\n", me, BENCH_WAIT_S, what);
+                exit(1);
+            }
+        }
+        if (!spin_mode) {
+            struct timespec ts = {0, 100 * 1000 * 1000};
+            syscall(SYS_futex, w, shared ? FUTEX_WAIT : FUTEX_WAIT_PRIVATE, v, &ts, NULL, 0);
+        }
+    }
+}
+
+static void set_word(uint32_t *w, uint32_t v, int shared)
+{
+    __atomic_store_n(w, v, __ATOMIC_RELEASE);
+    if (!spin_mode)
+        syscall(SYS_futex, w, shared ? FUTEX_WAKE : FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+}
+
+/* Wait until a word of shared memory (a dsm page: no futex wakes it) reaches want. */
+static void poll_page(volatile uint64_t *w, uint64_t want, const char *what)
+{
+    double end = dsmb_now() + BENCH_WAIT_S;
+    while (*w < want) {
+        if (dsmb_now() > end) {
+            fprintf(stderr, "dsm_bench rank %d: waited %.0f s for %s\n", me, BENCH_WAIT_S, what);
+            exit(1);
+        }
+        if (!spin_mode)
+            sched_yield();
+    }
+}
+
+static int64_t iters(int64_t n)
+{
+    int64_t v = (int64_t)((double)n * scale);
+    return v < 2 ? 2 : v;
+}
+
+/* The iterations of a body that rank 0 measures and the others sit out (they still loop: same counts). */
+static void sit_out(dsmb_state_t *st)
+{
+    while (dsmb_next(st))
+        dsmb_set_time(st, 1e-9);
+}
+
+static void barrier(void)
+{
+    check(dsm_barrier(), "barrier");
+}
+
+/* ---- baseline: a local page fault, resolved by mprotect in a SIGSEGV handler ---- */
+
+static char *floor_page;
+
+static void on_floor_fault(int sig, siginfo_t *si, void *uc)
+{
+    (void)sig; (void)uc;
+    char *a = (char *)((uintptr_t)si->si_addr & ~(uintptr_t)(PAGE - 1));
+    if (a != floor_page || mprotect(a, PAGE, PROT_READ) != 0)
+        abort();
+}
+
+static void b_fault_floor(dsmb_state_t *st)
+{
+    if (me != 0) {
+        sit_out(st);
+        barrier();
+        return;
+    }
+    floor_page = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (floor_page == MAP_FAILED)
+        die("mmap");
+    floor_page[0] = 1;
+    /* libdsm's own handler chains faults outside shared memory to the previous one; ours is in place only here. */
+    struct sigaction sa = {.sa_sigaction = on_floor_fault, .sa_flags = SA_SIGINFO}, old;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGSEGV, &sa, &old) != 0)
+        die("sigaction");
+    while (dsmb_next(st)) {
+        if (mprotect(floor_page, PAGE, PROT_NONE) != 0)
+            die("mprotect");
+        double t0 = dsmb_now();
+        (void)*(volatile char *)floor_page;
+        dsmb_set_time(st, dsmb_now() - t0);
+    }
+    sigaction(SIGSEGV, &old, NULL);
+    munmap(floor_page, PAGE);
+    barrier();
+}
+
+/* ---- rendezvous of the raw baselines: rank 1 publishes a word through shared memory ---- */
+
+static uint64_t *board;  /* one page homed at rank 1 */
+
+static void publish(uint64_t v)
+{
+    if (me == 1)
+        board[0] = v;
+    barrier();
+}
+
+static uint64_t published(void)
+{
+    return board[0];
+}
+
+/* ---- baseline: raw TCP request (8 B) / response (arg bytes) over loopback, both sides spinning ---- */
+
+static void full_send(int fd, const void *p, size_t len)
+{
+    for (size_t done = 0; done < len;) {
+        ssize_t k = send(fd, (const char *)p + done, len - done, MSG_NOSIGNAL);
+        if (k < 0 && errno != EAGAIN && errno != EINTR)
+            die("tcp send");
+        if (k > 0)
+            done += (size_t)k;
+    }
+}
+
+static void full_recv(int fd, void *p, size_t len)
+{
+    double end = 0;
+    for (size_t done = 0; done < len;) {
+        /* Blocking mode: the socket has a receive timeout of BENCH_WAIT_S (EAGAIN then ends the wait). */
+        ssize_t k = recv(fd, (char *)p + done, len - done, spin_mode ? MSG_DONTWAIT : 0);
+        if (k == 0)
+            die("tcp peer closed");
+        if (k < 0) {
+            if (errno != EAGAIN && errno != EINTR)
+                die("tcp recv");
+            if (!spin_mode && errno == EAGAIN)
+                die("tcp recv: no answer");
+            if (end == 0)
+                end = dsmb_now() + BENCH_WAIT_S;
+            else if (dsmb_now() > end)
+                die("tcp recv: no answer");
+            continue;
+        }
+        done += (size_t)k;
+    }
+}
+
+static void b_tcp_rr(dsmb_state_t *st)
+{
+    size_t len = (size_t)dsmb_arg(st, 0);
+    char *buf = calloc(1, len > 8 ? len : 8);
+    int one = 1, fd = -1, lfd = -1;
+    if (me == 1) {
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t al = sizeof a;
+        lfd = socket(AF_INET, SOCK_STREAM, 0);
+        if (lfd < 0 || bind(lfd, (struct sockaddr *)&a, sizeof a) != 0 || listen(lfd, 1) != 0 ||
+            getsockname(lfd, (struct sockaddr *)&a, &al) != 0)
+            die("tcp listen");
+        publish(ntohs(a.sin_port));
+        fd = accept(lfd, NULL, NULL);
+    } else {
+        publish(0);
+        if (me == 0) {
+            struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                                    .sin_port = htons((uint16_t)published())};
+            fd = socket(AF_INET, SOCK_STREAM, 0);
+            if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
+                die("tcp connect");
+        }
+    }
+    if (fd >= 0) {
+        struct timeval tv = {(time_t)BENCH_WAIT_S, 0};
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    }
+    while (dsmb_next(st)) {
+        if (me == 0) {
+            double t0 = dsmb_now();
+            full_send(fd, buf, 8);
+            full_recv(fd, buf, len);
+            dsmb_set_time(st, dsmb_now() - t0);
+        } else {
+            if (me == 1) {
+                full_recv(fd, buf, 8);
+                full_send(fd, buf, len);
+            }
+            dsmb_set_time(st, 1e-9);
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+    if (lfd >= 0)
+        close(lfd);
+    free(buf);
+    barrier();
+}
+
+/* ---- baseline: raw shared-memory ping-pong (one flag each way, arg bytes copied by the answering side) ---- */
+
+struct shm_pp {
+    uint32_t req __attribute__((aligned(64)));
+    uint32_t resp __attribute__((aligned(64)));
+    char data[PAGE] __attribute__((aligned(64)));
+};
+
+static void b_shm_pp(dsmb_state_t *st)
+{
+    size_t len = (size_t)dsmb_arg(st, 0);
+    char name[64];
+    struct shm_pp *q = NULL;
+    static char src[PAGE], dst[PAGE];
+    if (me <= 1) {
+        /* Named after rank 1's pid, which rank 0 learns through shared memory. */
+        if (me == 1) {
+            snprintf(name, sizeof name, "/dsm-bench-%ld", (long)getpid());
+            int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
+            if (fd < 0 || ftruncate(fd, sizeof *q) != 0)
+                die("shm_open");
+            q = mmap(NULL, sizeof *q, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+            close(fd);
+            publish((uint64_t)getpid());
+        } else {
+            publish(0);
+            snprintf(name, sizeof name, "/dsm-bench-%ld", (long)published());
+            int fd = shm_open(name, O_RDWR, 0600);
+            if (fd < 0)
+                die("shm_open of rank 1's segment");
+            q = mmap(NULL, sizeof *q, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+            close(fd);
+        }
+        if (q == MAP_FAILED)
+            die("mmap shm");
+    } else {
+        publish(0);
+    }
+    barrier();
+    if (me == 1)
+        shm_unlink(name);
+    uint32_t i = 0;
+    while (dsmb_next(st)) {
+        i++;
+        if (me == 0) {
+            double t0 = dsmb_now();
+            set_word(&q->req, i, 1);
+            wait_word(&q->resp, i, 1, "shm pong");
+            memcpy(dst, q->data, len);
+            dsmb_set_time(st, dsmb_now() - t0);
+        } else {
+            if (me == 1) {
+                wait_word(&q->req, i, 1, "shm ping");
+                memcpy(q->data, src, len);
+                set_word(&q->resp, i, 1);
+            }
+            dsmb_set_time(st, 1e-9);
+        }
+    }
+    if (q)
+        munmap(q, sizeof *q);
+    barrier();
+}
+
+/* ---- transport: active-message ping-pong and message rate ---- */
+
+enum { AM_PING = DSM_AM_TEST_FIRST + 20, AM_PONG, AM_SINK };
+static uint32_t pongs, sunk;
+static char am_buf[PAGE];
+
+static int on_ping(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *p, size_t len)
+{
+    (void)arg; (void)id; (void)p;
+    return dsm_am_send(src, AM_PONG, hdr, hl, am_buf, len);
+}
+
+static int on_pong(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *p, size_t len)
+{
+    (void)arg; (void)src; (void)id; (void)hdr; (void)hl; (void)p; (void)len;
+    set_word(&pongs, __atomic_load_n(&pongs, __ATOMIC_RELAXED) + 1, 0);  /* only the progress thread writes it */
+    return DSM_OK;
+}
+
+static int on_sink(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *p, size_t len)
+{
+    (void)arg; (void)src; (void)id; (void)hdr; (void)hl; (void)p; (void)len;
+    __atomic_add_fetch(&sunk, 1, __ATOMIC_RELEASE);
+    return DSM_OK;
+}
+
+static void b_am_pingpong(dsmb_state_t *st)
+{
+    size_t len = (size_t)dsmb_arg(st, 0);
+    uint8_t hdr[8] = {0};
+    barrier();
+    if (me != 0) {
+        sit_out(st);
+        barrier();
+        return;
+    }
+    uint32_t want = __atomic_load_n(&pongs, __ATOMIC_ACQUIRE);
+    while (dsmb_next(st)) {
+        double t0 = dsmb_now();
+        check(dsm_am_send(1, AM_PING, hdr, sizeof hdr, am_buf, len), "am send");
+        wait_word(&pongs, ++want, 0, "am pong");
+        dsmb_set_time(st, dsmb_now() - t0);
+    }
+    barrier();
+}
+
+/* Messages of 8 B sent back to back, counted at rank 1: messages per second of one sender. */
+static void b_am_rate(dsmb_state_t *st)
+{
+    const int64_t burst = 1000;
+    uint8_t hdr[8] = {0};
+    barrier();
+    while (dsmb_next(st)) {
+        if (me == 0) {
+            double t0 = dsmb_now();
+            for (int64_t k = 0; k < burst; k++)
+                check(dsm_am_send(1, AM_SINK, hdr, sizeof hdr, NULL, 0), "am send");
+            /* The last of the burst answered: all arrived (one channel keeps order). */
+            uint32_t want = __atomic_load_n(&pongs, __ATOMIC_ACQUIRE) + 1;
+            check(dsm_am_send(1, AM_PING, hdr, sizeof hdr, NULL, 0), "am send");
+            wait_word(&pongs, want, 0, "burst answer");
+            dsmb_set_time(st, dsmb_now() - t0);
+        } else {
+            dsmb_set_time(st, 1e-9);
+        }
+    }
+    dsmb_set_items(st, dsmb_max_iterations(st) * burst);
+    barrier();
+}
+
+/* ---- transport: one-sided put, get and atomics on a registered buffer of rank 1 ---- */
+
+static dsm_mreg_t *rma_reg;
+static char *rma_mem;
+#define RMA_LEN (1u << 20)
+
+static void rma_setup(void)
+{
+    int fd = memfd_create("dsm-bench", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0 || ftruncate(fd, RMA_LEN) != 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) != 0)
+        die("memfd");
+    rma_mem = mmap(NULL, RMA_LEN, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (rma_mem == MAP_FAILED)
+        die("mmap");
+    check(dsm_mreg_create(rma_mem, RMA_LEN, fd, 0, &rma_reg), "registration");
+}
+
+/* arg 0: size; arg 1: 0 put, 1 get. Latency: one blocking operation per iteration. */
+static void b_rma(dsmb_state_t *st)
+{
+    size_t len = (size_t)dsmb_arg(st, 0);
+    int get = (int)dsmb_arg(st, 1);
+    static char local[RMA_LEN];
+    barrier();
+    if (me != 0) {
+        sit_out(st);
+        barrier();
+        return;
+    }
+    while (dsmb_next(st)) {
+        double t0 = dsmb_now();
+        if (get) {
+            check(dsm_rma_get(1, local, len, rma_reg, 0), "get");
+        } else {
+            check(dsm_rma_put(1, local, len, rma_reg, 0), "put");
+        }
+        dsmb_set_time(st, dsmb_now() - t0);
+    }
+    dsmb_set_bytes(st, dsmb_max_iterations(st) * (int64_t)len);
+    barrier();
+}
+
+/* Put bandwidth: a window of 16 non-blocking puts in flight, the size given. */
+static void b_rma_bw(dsmb_state_t *st)
+{
+    size_t len = (size_t)dsmb_arg(st, 0);
+    enum { WINDOW = 16 };
+    static char local[RMA_LEN];
+    dsm_tp_req_t req[WINDOW];
+    barrier();
+    if (me != 0) {
+        sit_out(st);
+        barrier();
+        return;
+    }
+    while (dsmb_next(st)) {
+        double t0 = dsmb_now();
+        for (int k = 0; k < WINDOW; k++) {
+            dsm_req_init(&req[k]);
+            check(dsm_rma_put_nb(1, local, len, rma_reg, 0, &req[k]), "put");
+        }
+        for (int k = 0; k < WINDOW; k++)
+            check(dsm_req_wait(&req[k]), "put completion");
+        dsmb_set_time(st, dsmb_now() - t0);
+    }
+    dsmb_set_bytes(st, dsmb_max_iterations(st) * WINDOW * (int64_t)len);
+    barrier();
+}
+
+/* dsm_fetch_add (arg 0) or dsm_cas (arg 1) on a dsm_alloc_atomic word homed at rank 1. */
+static uint64_t *atomics;
+
+static void b_atomic(dsmb_state_t *st)
+{
+    int cas = (int)dsmb_arg(st, 0);
+    uint64_t *w = atomics + PAGE / 8 * 1;  /* the second page: homed at rank 1 (block-wise, one page each) */
+    barrier();
+    if (me != 0) {
+        sit_out(st);
+        barrier();
+        return;
+    }
+    uint64_t v = 0;
+    while (dsmb_next(st)) {
+        double t0 = dsmb_now();
+        if (cas)
+            v = dsm_cas(w, v, v + 1) == v ? v + 1 : dsm_atomic_load(w);
+        else
+            dsm_fetch_add(w, 1);
+        dsmb_set_time(st, dsmb_now() - t0);
+    }
+    barrier();
+}
+
+/* ---- coherence: misses on fresh pages, one per iteration ---- */
+
+/* Fresh pages homed at rank 1 for n iterations; the previous set is freed first (collective). */
+static char *pages;
+
+static char *fresh_pages(int64_t n)
+{
+    if (pages)
+        check(dsm_dealloc(pages), "dealloc");
+    pages = dsm_alloc_home((size_t)n * PAGE, nodes > 1 ? 1 : 0);
+    if (!pages)
+        check(dsm_last_error(), "alloc");
+    return pages;
+}
+
+static volatile char sink_byte;
+
+/* Read miss. arg 0: 0 the page is clean at its home (never touched), 1 it was last written by rank 2. */
+static void b_read_miss(dsmb_state_t *st)
+{
+    int third = (int)dsmb_arg(st, 0);
+    int64_t n = dsmb_max_iterations(st);
+    char *p = fresh_pages(n);
+    if (third && nodes < 3) {
+        dsmb_skip(st, "needs 3 nodes");
+        barrier();
+        return;
+    }
+    if (third && me == 2)
+        for (int64_t i = 0; i < n; i++)
+            p[i * PAGE] = 1;
+    barrier();
+    if (me != 0) {
+        sit_out(st);
+        barrier();
+        return;
+    }
+    int64_t i = 0;
+    while (dsmb_next(st)) {
+        double t0 = dsmb_now();
+        sink_byte = *(volatile char *)(p + i++ * PAGE);
+        dsmb_set_time(st, dsmb_now() - t0);
+    }
+    barrier();
+}
+
+/* Write miss with arg 0 sharers: ranks 1 (the home) .. arg read the page first. */
+static void b_write_miss(dsmb_state_t *st)
+{
+    int sharers = (int)dsmb_arg(st, 0);
+    int64_t n = dsmb_max_iterations(st);
+    char *p = fresh_pages(n);
+    if (sharers > nodes - 1) {
+        dsmb_skip(st, "more sharers than nodes");
+        barrier();
+        return;
+    }
+    if (me >= 1 && me <= sharers)
+        for (int64_t i = 0; i < n; i++)
+            sink_byte = p[i * PAGE];
+    barrier();
+    if (me != 0) {
+        sit_out(st);
+        barrier();
+        return;
+    }
+    int64_t i = 0;
+    while (dsmb_next(st)) {
+        double t0 = dsmb_now();
+        *(volatile char *)(p + i++ * PAGE) = 1;
+        dsmb_set_time(st, dsmb_now() - t0);
+    }
+    barrier();
+}
+
+/* Upgrade: rank 0 holds the page Shared (read before, not timed) and writes it. */
+static void b_upgrade(dsmb_state_t *st)
+{
+    int64_t n = dsmb_max_iterations(st);
+    char *p = fresh_pages(n);
+    if (me == 0)
+        for (int64_t i = 0; i < n; i++)
+            sink_byte = p[i * PAGE];
+    barrier();
+    if (me != 0) {
+        sit_out(st);
+        barrier();
+        return;
+    }
+    int64_t i = 0;
+    while (dsmb_next(st)) {
+        double t0 = dsmb_now();
+        *(volatile char *)(p + i++ * PAGE) = 1;
+        dsmb_set_time(st, dsmb_now() - t0);
+    }
+    barrier();
+}
+
+/* Two-node page ping-pong: ranks 0 and 1 take turns incrementing a word of one page homed at rank 1; one
+ * iteration is one turn each (two write misses, each a recall of the page from the other node). */
+static void b_page_pingpong(dsmb_state_t *st)
+{
+    char *p = fresh_pages(1);
+    volatile uint64_t *w = (volatile uint64_t *)p;
+    barrier();
+    uint64_t turn = 0;
+    while (dsmb_next(st)) {
+        if (me > 1) {
+            dsmb_set_time(st, 1e-9);
+            continue;
+        }
+        double t0 = dsmb_now();
+        if (me == 0) {
+            *w = ++turn * 2 - 1;
+            poll_page(w, turn * 2, "the other turn");
+        } else {
+            poll_page(w, ++turn * 2 - 1, "the other turn");
+            *w = turn * 2;
+        }
+        dsmb_set_time(st, dsmb_now() - t0);
+    }
+    barrier();
+}
+
+/* Fault throughput: arg 0 threads per node, each reading its own fresh pages homed at the next node. */
+struct ft_arg {
+    char *base;
+    int64_t count;
+};
+
+static void *ft_worker(void *a)
+{
+    struct ft_arg *f = a;
+    for (int64_t i = 0; i < f->count; i++)
+        sink_byte = f->base[i * PAGE];
+    return NULL;
+}
+
+static void b_fault_tput(dsmb_state_t *st)
+{
+    int threads = (int)dsmb_arg(st, 0);
+    int64_t per = iters(400);
+    /* Node k's pages: a block of the whole allocation homed at k+1 (dsm_alloc spreads homes block-wise). */
+    size_t block = (size_t)threads * (size_t)per;
+    pthread_t tid[8];
+    struct ft_arg fa[8];
+    while (dsmb_next(st)) {
+        /* Fresh pages each round, so every read is a miss. */
+        char *all = dsm_alloc(block * PAGE * (size_t)nodes);
+        if (!all)
+            check(dsm_last_error(), "alloc");
+        char *mine = all + (size_t)((me + 1) % nodes) * block * PAGE;
+        barrier();
+        double t0 = dsmb_now();
+        for (int t = 0; t < threads; t++) {
+            fa[t] = (struct ft_arg){mine + (size_t)t * (size_t)per * PAGE, per};
+            if (pthread_create(&tid[t], NULL, ft_worker, &fa[t]) != 0)
+                die("pthread_create");
+        }
+        for (int t = 0; t < threads; t++)
+            pthread_join(tid[t], NULL);
+        dsmb_set_time(st, dsmb_now() - t0);
+        barrier();
+        check(dsm_dealloc(all), "dealloc");
+    }
+    dsmb_set_items(st, dsmb_max_iterations(st) * (int64_t)block);
+}
+
+/* ---- sync ---- */
+
+static void b_barrier(dsmb_state_t *st)
+{
+    barrier();
+    while (dsmb_next(st)) {
+        double t0 = dsmb_now();
+        barrier();
+        dsmb_set_time(st, dsmb_now() - t0);
+    }
+}
+
+/* Lock acquire + release of a lock homed at rank 1. arg 0: 0 only rank 0 takes it, 1 every node does. */
+static dsm_lock_t *lock;
+
+static void b_lock(dsmb_state_t *st)
+{
+    int contended = (int)dsmb_arg(st, 0);
+    barrier();
+    if (me != 0 && !contended) {
+        sit_out(st);
+        barrier();
+        return;
+    }
+    while (dsmb_next(st)) {
+        double t0 = dsmb_now();
+        check(dsm_lock(lock), "lock");
+        check(dsm_unlock(lock), "unlock");
+        dsmb_set_time(st, dsmb_now() - t0);
+    }
+    barrier();
+}
+
+/* ---- bulk: dsm_get / dsm_put of arg 0 bytes homed at rank 1; rank 1 takes the range back between rounds ---- */
+
+static char *bulk_mem, *bulk_local;
+#define BULK_MAX (16u << 20)
+
+static void b_bulk(dsmb_state_t *st)
+{
+    size_t len = (size_t)dsmb_arg(st, 0);
+    int put = (int)dsmb_arg(st, 1);
+    while (dsmb_next(st)) {
+        /* Rank 1 writes every page: rank 0 holds none of them when the timed copy starts. */
+        if (me == 1)
+            for (size_t o = 0; o < len; o += PAGE)
+                bulk_mem[o]++;
+        barrier();
+        double t0 = dsmb_now();
+        if (me == 0)
+            check(put ? dsm_put(bulk_mem, bulk_local, len) : dsm_get(bulk_local, bulk_mem, len), "bulk copy");
+        dsmb_set_time(st, me == 0 ? dsmb_now() - t0 : 1e-9);
+        barrier();
+    }
+    dsmb_set_bytes(st, dsmb_max_iterations(st) * (int64_t)len);
+}
+
+/* ---- the sets ---- */
+
+static void reg(const char *name, dsmb_fn_t fn, int64_t n, const int64_t *args, int nargs, int two)
+{
+    dsmb_bench_t *b = dsmb_iterations(dsmb_register(name, fn), iters(n));
+    for (int k = 0; k < nargs; k++)
+        if (two)
+            dsmb_with_args(b, args[2 * k], args[2 * k + 1]);
+        else
+            dsmb_with_arg(b, args[k]);
+}
+
+static void register_all(void)
+{
+    static const int64_t rr_sizes[] = {8, 4096};
+    reg("base/fault_local", b_fault_floor, 2000, NULL, 0, 0);
+    reg("base/tcp_rr", b_tcp_rr, 2000, rr_sizes, 2, 0);
+    reg("base/shm_pingpong", b_shm_pp, 5000, rr_sizes, 2, 0);
+    reg("tp/am_pingpong", b_am_pingpong, 2000, rr_sizes, 2, 0);
+    reg("tp/am_rate", b_am_rate, 20, NULL, 0, 0);
+    int64_t rma_args[2 * 9 * 2], k = 0;
+    for (int get = 0; get < 2; get++)
+        for (int64_t s = 4096; s <= (1 << 20); s *= 2, k++) {
+            rma_args[2 * k] = s;
+            rma_args[2 * k + 1] = get;
+        }
+    reg("tp/rma_lat", b_rma, 200, rma_args, (int)k, 1);
+    static const int64_t bw_sizes[] = {4096, 65536, 1 << 20};
+    reg("tp/put_bw", b_rma_bw, 50, bw_sizes, 3, 0);
+    static const int64_t ops[] = {0, 1};
+    reg("tp/atomic", b_atomic, 1000, ops, 2, 0);
+    static const int64_t third[] = {0, 1};
+    reg("coh/read_miss", b_read_miss, 1000, third, nodes >= 3 ? 2 : 1, 0);
+    int64_t sharers[3] = {0, 1, nodes - 1};
+    reg("coh/write_miss", b_write_miss, 1000, sharers, nodes > 2 ? 3 : 2, 0);
+    reg("coh/upgrade", b_upgrade, 1000, NULL, 0, 0);
+    reg("coh/page_pingpong", b_page_pingpong, 500, NULL, 0, 0);
+    static const int64_t thr[] = {1, 2, 4};
+    reg("coh/fault_tput", b_fault_tput, 3, thr, 3, 0);
+    reg("sync/barrier", b_barrier, 500, NULL, 0, 0);
+    static const int64_t lk[] = {0, 1};
+    reg("sync/lock", b_lock, 500, lk, 2, 0);
+    int64_t bulk_args[2 * 13 * 2];
+    k = 0;
+    for (int put = 0; put < 2; put++)
+        for (int64_t s = 4096; s <= BULK_MAX; s *= 4, k++) {
+            bulk_args[2 * k] = s;
+            bulk_args[2 * k + 1] = put;
+        }
+    reg("bulk/dsm", b_bulk, 20, bulk_args, (int)k, 1);
+}
+
+int main(int argc, char **argv)
+{
+    int k = 1;
+    for (int i = 1; i < argc; i++) {
+        if (strncmp(argv[i], "--scale=", 8) == 0) {
+            scale = atof(argv[i] + 8);
+            if (!(scale > 0)) {
+                fprintf(stderr, "dsm_bench: --scale wants a positive number, got '%s'\n", argv[i] + 8);
+                return 2;
+            }
+        } else {
+            argv[k++] = argv[i];
+        }
+    }
+    argc = k;
+    argv[k] = NULL;
+    check(dsm_init(&argc, &argv), "dsm_init");
+    me = dsm_rank();
+    nodes = dsm_size();
+    const char *wm = getenv("DSM_WAIT");
+    spin_mode = wm && strcmp(wm, "spin") == 0;
+    if (nodes < 2) {
+        fprintf(stderr, "dsm_bench: run it under dsmrun with 2 or more nodes (rank 1 serves rank 0)\n");
+        dsm_finalize();
+        return 2;
+    }
+    check(dsm_am_register(AM_PING, on_ping, NULL), "register");
+    check(dsm_am_register(AM_PONG, on_pong, NULL), "register");
+    check(dsm_am_register(AM_SINK, on_sink, NULL), "register");
+    board = dsm_alloc_home(PAGE, 1);
+    atomics = dsm_alloc_atomic((size_t)nodes * PAGE);
+    lock = dsm_alloc_home(PAGE, 1);
+    bulk_mem = dsm_alloc_home(BULK_MAX, 1);
+    if (!board || !atomics || !lock || !bulk_mem)
+        check(dsm_last_error(), "alloc");
+    if (me == 1)
+        check(dsm_lock_init(lock), "lock init");
+    bulk_local = calloc(1, BULK_MAX);
+    rma_setup();
+
+    char v[64];
+    snprintf(v, sizeof v, "%d", nodes);
+    dsmb_context("dsm_nodes", v);
+    dsmb_context("dsm_transport", dsm_transport_name());
+    dsmb_context("dsm_version", dsm_version_string());
+    dsmb_context("dsm_wait", wm ? wm : "default");
+    dsmb_context("bench_wait", spin_mode ? "spin" : "block");
+    const char *dev = getenv("DSM_RDMA_DEVICE");
+    dsmb_context("dsm_device", dev ? dev : (strstr(dsm_transport_name(), "rdma") ? "default" : "none"));
+    snprintf(v, sizeof v, "%g", scale);
+    dsmb_context("dsm_bench_scale", v);
+    register_all();
+    barrier();
+    int rc = dsmb_run(&argc, argv, me == 0);
+    barrier();
+    check(dsm_mreg_destroy(rma_reg), "deregistration");
+    check(dsm_finalize(), "dsm_finalize");
+    return rc;
+}
