@@ -45,6 +45,21 @@ PY
   then ok "dsm-$tp-2.json: valid, every benchmark measured, context names $tp and 2 nodes"
   else nok "dsm-$tp-2.json"; fi
 done
+# The read-miss breakdown run: libdsm's phase counters (DSM_STATS=2) reach the JSON, one timed miss per iteration.
+for tp in shm tcp; do
+  if python3 - "$tmp/r/ft-$tp-2.json" >"$tmp/log" 2>&1 <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+b = {x["name"].split("/iterations")[0]: x for x in d["benchmarks"]}
+for k in ("coh/read_miss/0", "coh/read_miss/2"):
+    x = b[k]
+    for c in ("ft_request_us", "ft_send_us", "ft_round_trip_us", "ft_home_us", "ft_copy_us", "ft_mprotect_us",
+              "ft_wakeup_us", "ft_handler_us"):
+        assert c in x, f"{k}: no {c}"
+    assert x["ft_misses"] == x["iterations"], f"{k}: {x['ft_misses']} misses timed of {x['iterations']}"
+PY
+  then ok "ft-$tp-2.json: the read-miss phases of every miss, from DSM_STATS=2"; else nok "ft-$tp-2.json"; fi
+done
 if [ ${#mpi[@]} = 1 ]; then
   if python3 -c '
 import json, sys
@@ -58,8 +73,9 @@ fi
 r=$tmp/r/report.md
 if [ -f "$r" ] && grep -q '^| tcp | 2 | .* | read miss, clean at its home | .* | local fault + raw TCP 4 KiB |.*×' "$r" &&
    grep -q '^| shm | 2 | .* | read miss, clean at its home vs ArgoDSM |' "$r" &&
-   grep -q '^| tcp | 2 | .* | upgrade (Shared to Modified) |' "$r" && grep -q 'not measured' "$r"; then
-  ok "report.md: ratio lines for tcp and shm, rdma baselines reported as not measured"
+   grep -q '^| tcp | 2 | .* | upgrade (Shared to Modified) |' "$r" && grep -q 'not measured' "$r" &&
+   grep -q '^| tcp | never touched | ' "$r"; then
+  ok "report.md: ratio lines for tcp and shm, the read-miss breakdown, rdma baselines reported as not measured"
 else
   cp "$r" "$tmp/log" 2>/dev/null; nok "report.md lacks the ratio lines"
 fi

@@ -22,7 +22,7 @@ SUFFIX = re.compile(r"(/iterations:\d+|/repeats:\d+|/manual_time|/real_time)+$")
 ARGO_MISS_US = 10.6  # ArgoDSM's single-page remote read miss on this machine (issue 9)
 
 
-def load(path):
+def load(path, raw=False):
     with open(path) as f:
         d = json.load(f)
     runs = {}
@@ -38,6 +38,8 @@ def load(path):
             r["min"] = b.get("min_us", r["mean"])
             r["bps"] = b.get("bytes_per_second")
             r["ips"] = b.get("items_per_second")
+            if raw:
+                r["counters"] = {k: v for k, v in b.items() if k.startswith("ft_")}
         runs[name] = r
     if not runs:
         raise ValueError(f"{path}: no benchmark results")
@@ -58,6 +60,7 @@ class Report:
     def __init__(self, d):
         self.dir = d
         self.dsm = {}  # (transport, nodes) -> (context, runs)
+        self.ft = {}  # transport -> (context, runs) of the DSM_STATS=2 read-miss runs
         self.mpi = self.perf = None
         self.lines = []
         bad = []
@@ -65,6 +68,11 @@ class Report:
             m = re.match(r"dsm-(\w+)-(\d+)\.json$", os.path.basename(p))
             try:
                 self.dsm[(m.group(1), int(m.group(2)))] = load(p)
+            except (ValueError, KeyError, json.JSONDecodeError) as e:
+                bad.append(f"{p}: {e}")
+        for p in sorted(glob.glob(os.path.join(d, "ft-*-2.json"))):
+            try:
+                self.ft[re.match(r"ft-(\w+)-2\.json$", os.path.basename(p)).group(1)] = load(p, raw=True)
             except (ValueError, KeyError, json.JSONDecodeError) as e:
                 bad.append(f"{p}: {e}")
         for attr, name in (("mpi", "mpi-2.json"), ("perf", "perftest.json")):
@@ -175,6 +183,7 @@ class Report:
         if not self.mpi:
             out("The MPI RMA baseline was not measured in this run (`make bench` runs it).")
         out()
+        self.breakdown_table()
         self.barrier_table()
         self.all_table()
         if self.bad:
@@ -187,6 +196,35 @@ class Report:
             self.plots(gnuplot)
         with open(os.path.join(self.dir, "report.md"), "w") as f:
             f.write("\n".join(self.lines) + "\n")
+
+    def breakdown_table(self):
+        """Where the time of a read miss goes, from libdsm's own stamps (DSM_STATS=2), per transport and kind."""
+        if not self.ft:
+            return
+        out = self.out
+        out("## Where the time of a read miss goes (DSM_STATS=2, mean per miss)")
+        out()
+        out("Measured by libdsm's phase stamps in a separate run (the stamps cost a few clock reads). *fault "
+            "delivery* is what the handler does not see: the kernel's trap, the signal delivery and sigreturn "
+            "(the benchmark's mean minus the handler's total). *round trip* runs from the request handed to the "
+            "transport to the grant's arrival on the progress thread; *at the home* is the home's part of it.")
+        out()
+        cols = [("ft_request_us", "request"), ("ft_send_us", "send call"), ("ft_round_trip_us", "round trip"),
+                ("ft_home_us", "at the home"), ("ft_copy_us", "copy"), ("ft_mprotect_us", "mprotect"),
+                ("ft_wakeup_us", "wake-up"), ("ft_handler_us", "handler total")]
+        out("| transport | read miss | miss (mean) | fault delivery | " + " | ".join(c[1] for c in cols) + " |")
+        out("|---|---|---|---|" + "---|" * len(cols))
+        kinds = {"coh/read_miss/0": "never touched", "coh/read_miss/2": "resident (home wrote it)",
+                 "coh/read_miss/1": "modified at a third node"}
+        for tp, (ctx, runs) in sorted(self.ft.items()):
+            for name, what in kinds.items():
+                r = runs.get(name)
+                if not r or r["error"] or "ft_handler_us" not in r["counters"]:
+                    continue
+                c = r["counters"]
+                out(f"| {tp} | {what} | {fmt(r['mean'])} | {fmt(r['mean'] - c['ft_handler_us'])} | "
+                    + " | ".join(fmt(c.get(k)) for k, _ in cols) + " |")
+        out()
 
     def barrier_table(self):
         pts = sorted((tp, n, self.get(tp, n, "sync/barrier")) for (tp, n) in self.dsm)
@@ -272,7 +310,7 @@ class Report:
         plots = ", ".join(f"'{data}' index {i} with linespoints title '{t}'" for i, (t, _) in enumerate(series))
         script = (f"set terminal pngcairo size 900,600 noenhanced\nset output '{os.path.join(self.dir, png)}'\n"
                   f"set title '{title}'\nset xlabel '{xl}'\nset ylabel '{yl}'\nset logscale y\n"
-                  + ("set logscale x 2\n" if logx else "") + "set key top left\nset grid\n" + f"plot {plots}\n")
+                  + ("set logscale x 2\nset format x '%.0b %BB'\n" if logx else "") + "set key top left\nset grid\n" + f"plot {plots}\n")
         try:
             p = subprocess.run([gnuplot], input=script, text=True, capture_output=True, timeout=60)
             if p.returncode != 0:
