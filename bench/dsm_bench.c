@@ -5,7 +5,8 @@
  * serve. Names: base/... are the baselines (a local page fault with mprotect, our own raw TCP request/response
  * and shared-memory ping-pong on the same path), tp/... the transport layer (active messages, one-sided put and
  * get, atomics), coh/... the coherence protocol (misses, upgrade, page ping-pong, fault throughput), sync/...
- * barriers and locks, bulk/... dsm_get and dsm_put. bench/report.py turns the JSON of several runs into the
+ * barriers and locks, bulk/... dsm_get and dsm_put, app/... the kernels of the Jacobi and matmul examples per
+ * iteration with the faults and bytes of rank 0. bench/report.py turns the JSON of several runs into the
  * table of ratios.
  *
  * Options before Google Benchmark's own: --scale=F multiplies every iteration count (make bench-quick uses a
@@ -761,6 +762,103 @@ static void b_bulk(dsmb_state_t *st)
     dsmb_set_bytes(st, dsmb_max_iterations(st) * (int64_t)len);
 }
 
+/* ---- applications: the kernels of examples/jacobi and examples/matmul, timed per iteration ---- */
+
+/* rank 0's page faults and bytes received, for the per-iteration counters */
+static void app_counters(dsmb_state_t *st, const dsm_stats_t *s0)
+{
+    dsm_stats_t s1 = {.size = sizeof s1};
+    check(dsm_stats(&s1), "dsm_stats");
+    double it = (double)dsmb_max_iterations(st);
+    dsmb_counter(st, "faults_per_iter", (double)(s1.read_faults + s1.write_faults + s1.upgrades - s0->read_faults -
+                                                 s0->write_faults - s0->upgrades) / it);
+    dsmb_counter(st, "pages_in_per_iter", (double)(s1.pages_received - s0->pages_received) / it);
+    dsmb_counter(st, "bytes_in_per_iter", (double)(s1.bytes_received - s0->bytes_received) / it);
+    dsmb_counter(st, "bytes_out_per_iter", (double)(s1.bytes_sent - s0->bytes_sent) / it);
+}
+
+/* One Jacobi sweep per iteration over an arg x arg grid, rows in blocks over the nodes (as examples/jacobi):
+ * only the rows at block edges travel. Time: the sweep and the barrier that ends it. */
+static void b_jacobi(dsmb_state_t *st)
+{
+    int n = (int)dsmb_arg(st, 0);
+    size_t bytes = (size_t)n * (size_t)n * sizeof(double);
+    double *a = dsm_alloc(bytes), *b = dsm_alloc(bytes);
+    if (!a || !b)
+        check(dsm_last_error(), "alloc");
+    int lo = (int)((long)n * me / nodes), hi = (int)((long)n * (me + 1) / nodes);
+    for (int i = lo; i < hi; i++)
+        for (int j = 0; j < n; j++)
+            a[(size_t)i * n + j] = (i == 0 || j == 0 || i == n - 1 || j == n - 1) ? 1.0 : 0.0;
+    /* One sweep untimed: b's pages are first written here, which no later iteration repeats. */
+    for (int i = lo; i < hi; i++)
+        for (int j = 0; j < n; j++)
+            b[(size_t)i * n + j] = a[(size_t)i * n + j];
+    barrier();
+    dsm_stats_t s0 = {.size = sizeof s0};
+    check(dsm_stats(&s0), "dsm_stats");
+    while (dsmb_next(st)) {
+        double t0 = dsmb_now();
+        for (int i = lo; i < hi; i++)
+            for (int j = 0; j < n; j++) {
+                size_t k = (size_t)i * n + j;
+                b[k] = (i == 0 || j == 0 || i == n - 1 || j == n - 1)
+                           ? a[k] : 0.25 * (a[k - 1] + a[k + 1] + a[k - (size_t)n] + a[k + (size_t)n]);
+            }
+        barrier();
+        dsmb_set_time(st, dsmb_now() - t0);
+        double *t = a;
+        a = b;
+        b = t;
+    }
+    app_counters(st, &s0);
+    barrier();
+    check(dsm_dealloc(a), "dealloc");
+    check(dsm_dealloc(b), "dealloc");
+}
+
+/* C = A B of arg x arg matrices per iteration, rows of C in blocks over the nodes (as examples/matmul); before
+ * each product every node rewrites its own rows of B, so every node fetches B again (the pattern of an
+ * iterative solver). Time: the update, the product and their barriers. */
+static void b_matmul(dsmb_state_t *st)
+{
+    int n = (int)dsmb_arg(st, 0);
+    size_t bytes = (size_t)n * (size_t)n * sizeof(double);
+    double *a = dsm_alloc(bytes), *b = dsm_alloc(bytes), *c = dsm_alloc(bytes);
+    if (!a || !b || !c)
+        check(dsm_last_error(), "alloc");
+    int lo = (int)((long)n * me / nodes), hi = (int)((long)n * (me + 1) / nodes);
+    for (size_t k = (size_t)lo * n; k < (size_t)hi * n; k++) {
+        a[k] = (double)(k % 17) - 8;
+        b[k] = (double)(k % 13) / 4;
+    }
+    barrier();
+    dsm_stats_t s0 = {.size = sizeof s0};
+    check(dsm_stats(&s0), "dsm_stats");
+    int it = 0;
+    while (dsmb_next(st)) {
+        double t0 = dsmb_now();
+        for (size_t k = (size_t)lo * n; k < (size_t)hi * n; k++)
+            b[k] = (double)((k + (size_t)it) % 13) / 4;
+        it++;
+        barrier();
+        for (int i = lo; i < hi; i++)
+            for (int j = 0; j < n; j++) {
+                double sum = 0;
+                for (int k = 0; k < n; k++)
+                    sum += a[(size_t)i * n + k] * b[(size_t)k * n + j];
+                c[(size_t)i * n + j] = sum;
+            }
+        barrier();
+        dsmb_set_time(st, dsmb_now() - t0);
+    }
+    app_counters(st, &s0);
+    barrier();
+    check(dsm_dealloc(a), "dealloc");
+    check(dsm_dealloc(b), "dealloc");
+    check(dsm_dealloc(c), "dealloc");
+}
+
 /* ---- the sets ---- */
 
 static void reg(const char *name, dsmb_fn_t fn, int64_t n, const int64_t *args, int nargs, int two)
@@ -814,6 +912,9 @@ static void register_all(void)
             bulk_args[2 * k + 1] = put;
         }
     reg("bulk/dsm", b_bulk, 20, bulk_args, (int)k, 1);
+    static const int64_t grid[] = {512}, mat[] = {192};
+    reg("app/jacobi", b_jacobi, 50, grid, 1, 0);
+    reg("app/matmul", b_matmul, 10, mat, 1, 0);
 }
 
 int main(int argc, char **argv)

@@ -22,7 +22,7 @@ SUFFIX = re.compile(r"(/iterations:\d+|/repeats:\d+|/manual_time|/real_time)+$")
 ARGO_MISS_US = 10.6  # ArgoDSM's single-page remote read miss on this machine (issue 9)
 
 
-def load(path, raw=False):
+def load(path):
     with open(path) as f:
         d = json.load(f)
     runs = {}
@@ -38,8 +38,7 @@ def load(path, raw=False):
             r["min"] = b.get("min_us", r["mean"])
             r["bps"] = b.get("bytes_per_second")
             r["ips"] = b.get("items_per_second")
-            if raw:
-                r["counters"] = {k: v for k, v in b.items() if k.startswith("ft_")}
+            r["counters"] = {k: v for k, v in b.items() if k.startswith("ft_") or k.endswith("_per_iter")}
         runs[name] = r
     if not runs:
         raise ValueError(f"{path}: no benchmark results")
@@ -72,7 +71,7 @@ class Report:
                 bad.append(f"{p}: {e}")
         for p in sorted(glob.glob(os.path.join(d, "ft-*-2.json"))):
             try:
-                self.ft[re.match(r"ft-(\w+)-2\.json$", os.path.basename(p)).group(1)] = load(p, raw=True)
+                self.ft[re.match(r"ft-(\w+)-2\.json$", os.path.basename(p)).group(1)] = load(p)
             except (ValueError, KeyError, json.JSONDecodeError) as e:
                 bad.append(f"{p}: {e}")
         for attr, name in (("mpi", "mpi-2.json"), ("perf", "perftest.json")):
@@ -184,6 +183,7 @@ class Report:
             out("The MPI RMA baseline was not measured in this run (`make bench` runs it).")
         out()
         self.breakdown_table()
+        self.app_table()
         self.barrier_table()
         self.all_table()
         if self.bad:
@@ -225,6 +225,28 @@ class Report:
                 out(f"| {tp} | {what} | {fmt(r['mean'])} | {fmt(r['mean'] - c['ft_handler_us'])} | "
                     + " | ".join(fmt(c.get(k)) for k, _ in cols) + " |")
         out()
+
+    def app_table(self):
+        rows = []
+        for (tp, n), (_, runs) in sorted(self.dsm.items()):
+            for name, r in runs.items():
+                if name.startswith("app/") and not r["error"]:
+                    rows.append((tp, n, name, r))
+        if not rows:
+            return
+        self.out("## Applications: time per iteration and data moved (rank 0)")
+        self.out()
+        self.out("| transport | nodes | kernel | per iteration (median) | faults | pages in | bytes in | bytes out |")
+        self.out("|---|---|---|---|---|---|---|---|")
+        for tp, n, name, r in rows:
+            c = r["counters"]
+            self.out(f"| {tp} | {n} | {name} | {fmt(r['p50'])} | {c.get('faults_per_iter', 0):.3g} | "
+                     f"{c.get('pages_in_per_iter', 0):.3g} | {c.get('bytes_in_per_iter', 0):.4g} | "
+                     f"{c.get('bytes_out_per_iter', 0):.4g} |")
+        self.out()
+        self.out("Over shm a page moves through the shared queue or is placed in the receiver's memory, which the "
+                 "byte counters (messages) do not count: *pages in* does.")
+        self.out()
 
     def barrier_table(self):
         pts = sorted((tp, n, self.get(tp, n, "sync/barrier")) for (tp, n) in self.dsm)
