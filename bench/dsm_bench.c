@@ -965,6 +965,8 @@ int main(int argc, char **argv)
     dsmb_context("dsm_wait", wm ? wm : "default");
     dsmb_context("bench_wait", spin_mode ? "spin" : "block");
     const char *dev = getenv("DSM_RDMA_DEVICE");
+    if (!dev)
+        dev = getenv("DSM_RXE_DEVICE");  /* the soft-RoCE lab's device (ci/rxe-lab) */
     dsmb_context("dsm_device", dev ? dev : (strstr(dsm_transport_name(), "rdma") ? "default" : "none"));
     snprintf(v, sizeof v, "%g", scale);
     dsmb_context("dsm_bench_scale", v);
