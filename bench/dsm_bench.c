@@ -40,6 +40,7 @@
 #include "bench/shim.h"
 #include "dsm.h"
 #include "libdsm/core.h"
+#include "libdsm/region.h"
 #include "libdsm/stats.h"
 
 #define PAGE 4096u
@@ -514,30 +515,73 @@ static char *fresh_pages(int64_t n)
 
 static volatile char sink_byte;
 
-/* Under DSM_STATS=2 libdsm times each phase of a read miss (libdsm/stats.h); the benchmark reports the mean of
- * each over its own misses, and the home's time per request from rank 1 (through the board page). */
-static void breakdown(dsmb_state_t *st, const uint64_t ns0[DSM_FT_MAX], const uint64_t n0[DSM_FT_MAX])
+/* Under DSM_STATS=2 libdsm stamps each phase of a read miss, per page (libdsm/stats.h). The benchmark reports
+ * the median of each phase over its misses (a preemption on a shared machine moves a mean, not a median), the
+ * home's median time per request from rank 1 (through the board page), and how many misses were stamped. */
+static int cmp_u64(const void *a, const void *b)
 {
-    uint64_t ns[DSM_FT_MAX], n[DSM_FT_MAX];
-    dsm_ft_get(ns, n);  /* rank 0: its misses are over; rank 1 waits for them first */
-    barrier();
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median_us(uint64_t *v, size_t n)
+{
+    qsort(v, n, sizeof *v, cmp_u64);
+    return n ? (double)v[n / 2] / 1000.0 : 0.0;
+}
+
+static void breakdown(dsmb_state_t *st, const char *p, int64_t n)
+{
+    size_t first;
+    if (!dsm_region_kind(p, &first))
+        die("breakdown: not shared memory");
+    uint64_t *v = malloc((size_t)n * sizeof *v);
+    if (!v)
+        die("malloc");
+    barrier();  /* rank 0's misses are over */
     if (me == 1) {
-        dsm_ft_get(ns, n);
-        board[2] = ns[DSM_FT_HOME] - ns0[DSM_FT_HOME];
-        board[3] = n[DSM_FT_HOME] - n0[DSM_FT_HOME];
+        size_t k = 0;
+        for (int64_t i = 0; i < n; i++) {
+            const struct dsm_ft_page *s = &dsm_ft_pages[first + (size_t)i];
+            if (s->home_out >= s->home_in && s->home_in)
+                v[k++] = s->home_out - s->home_in;
+        }
+        board[2] = (uint64_t)(median_us(v, k) * 1000.0);
+        board[3] = k;
     }
     barrier();
-    if (me != 0)
-        return;
-    static const char *names[DSM_FT_MAX] = {"ft_request_us", "ft_send_us", "ft_round_trip_us", "ft_copy_us",
-                                            "ft_mprotect_us", "ft_wakeup_us", "ft_handler_us", "ft_home_us"};
-    for (int k = 0; k < DSM_FT_MAX; k++) {
-        uint64_t dn = k == DSM_FT_HOME ? board[3] : n[k] - n0[k];
-        uint64_t dns = k == DSM_FT_HOME ? board[2] : ns[k] - ns0[k];
-        if (dn)
-            dsmb_counter(st, names[k], (double)dns / (double)dn / 1000.0);
+    if (me == 0) {
+        enum { REQ, SEND, RTT, COPY, PROT, WAKE, HANDLER, PHASES };
+        static const char *names[PHASES] = {"ft_request_us", "ft_send_us", "ft_round_trip_us", "ft_copy_us",
+                                            "ft_mprotect_us", "ft_wakeup_us", "ft_handler_us"};
+        uint64_t *ph[PHASES];
+        size_t k = 0;
+        for (int j = 0; j < PHASES; j++)
+            if (!(ph[j] = malloc((size_t)n * sizeof **ph)))
+                die("malloc");
+        for (int64_t i = 0; i < n; i++) {
+            const struct dsm_ft_page *s = &dsm_ft_pages[first + (size_t)i];
+            if (!s->done || s->grant < s->presend)
+                continue;  /* not a stamped miss of this run */
+            ph[REQ][k] = s->presend - s->entry;
+            ph[SEND][k] = (s->sent < s->grant ? s->sent : s->grant) - s->presend;
+            ph[RTT][k] = s->grant - s->presend;
+            ph[COPY][k] = s->filled - s->grant;
+            ph[PROT][k] = s->prot - s->filled;
+            ph[WAKE][k] = s->woken - s->prot;
+            ph[HANDLER][k] = s->done - s->entry;
+            k++;
+        }
+        for (int j = 0; j < PHASES; j++) {
+            if (k)
+                dsmb_counter(st, names[j], median_us(ph[j], k));
+            free(ph[j]);
+        }
+        if (board[3])
+            dsmb_counter(st, "ft_home_us", (double)board[2] / 1000.0);
+        dsmb_counter(st, "ft_misses", (double)k);
     }
-    dsmb_counter(st, "ft_misses", (double)(n[DSM_FT_TOTAL] - n0[DSM_FT_TOTAL]));
+    free(v);
 }
 
 /* Read miss on pages homed at rank 1. arg 0: 0 the page was never touched (clean at its home, and the first use
@@ -565,8 +609,6 @@ static void b_read_miss(dsmb_state_t *st)
             for (int64_t i = 0; i < n; i++)
                 p[i * PAGE] = 1;
     }
-    uint64_t ns0[DSM_FT_MAX], n0[DSM_FT_MAX];
-    dsm_ft_get(ns0, n0);  /* before the barrier: the home's count starts before rank 0's first miss */
     barrier();
     if (me != 0) {
         sit_out(st);
@@ -579,7 +621,7 @@ static void b_read_miss(dsmb_state_t *st)
         }
     }
     if (dsm_ft_on)
-        breakdown(st, ns0, n0);
+        breakdown(st, p, n);
     barrier();
 }
 

@@ -141,6 +141,10 @@ class Report:
                 row("upgrade (Shared to Modified)", g("coh/upgrade"), "local fault + ib_send_lat 8 B",
                     add(fault, s8), 1.2)
                 row("dsm_fetch_add", g("tp/atomic/0"), "ib_atomic_lat", perf("perftest/ib_atomic_lat/8"), 1.2)
+                row("active-message ping-pong 8 B", g("tp/am_pingpong/8"), "ib_send_lat 8 B", s8)
+                row("put 4 KiB (one-sided)", g("tp/rma_lat/4096/0"), "ib_write_lat 4 KiB", w4k)
+                row("get 4 KiB (one-sided)", g("tp/rma_lat/4096/1"), "ib_read_lat 4 KiB",
+                    perf("perftest/ib_read_lat/4096"))
                 bw, pbw = g("tp/put_bw/1048576", "bps"), self.other("perf", "perftest/ib_write_bw/1048576", "bps")
                 row("put bandwidth 1 MiB (GiB/s)", bw and bw / 2**30, "ib_write_bw 1 MiB (GiB/s)",
                     pbw and pbw / 2**30, 0.9, higher=True)
@@ -202,17 +206,19 @@ class Report:
         if not self.ft:
             return
         out = self.out
-        out("## Where the time of a read miss goes (DSM_STATS=2, mean per miss)")
+        out("## Where the time of a read miss goes (DSM_STATS=2, median per miss)")
         out()
-        out("Measured by libdsm's phase stamps in a separate run (the stamps cost a few clock reads). *fault "
+        out("Measured by libdsm's own phase stamps, per page, in a separate run (the stamps cost a few clock reads); "
+            "each column is the median over the run's misses, so the columns need not add up exactly. *fault "
             "delivery* is what the handler does not see: the kernel's trap, the signal delivery and sigreturn "
-            "(the benchmark's mean minus the handler's total). *round trip* runs from the request handed to the "
-            "transport to the grant's arrival on the progress thread; *at the home* is the home's part of it.")
+            "(the benchmark's median minus the handler's). *round trip* runs from the request handed to the "
+            "transport to the grant's arrival on the progress thread, and *send call* is the part of it spent "
+            "in the transport's send call; *at the home* is the home's part: request arrival to reply sent.")
         out()
         cols = [("ft_request_us", "request"), ("ft_send_us", "send call"), ("ft_round_trip_us", "round trip"),
                 ("ft_home_us", "at the home"), ("ft_copy_us", "copy"), ("ft_mprotect_us", "mprotect"),
                 ("ft_wakeup_us", "wake-up"), ("ft_handler_us", "handler total")]
-        out("| transport | read miss | miss (mean) | fault delivery | " + " | ".join(c[1] for c in cols) + " |")
+        out("| transport | read miss | miss | fault delivery | " + " | ".join(c[1] for c in cols) + " |")
         out("|---|---|---|---|" + "---|" * len(cols))
         kinds = {"coh/read_miss/0": "never touched", "coh/read_miss/2": "resident (home wrote it)",
                  "coh/read_miss/1": "modified at a third node"}
@@ -222,7 +228,7 @@ class Report:
                 if not r or r["error"] or "ft_handler_us" not in r["counters"]:
                     continue
                 c = r["counters"]
-                out(f"| {tp} | {what} | {fmt(r['mean'])} | {fmt(r['mean'] - c['ft_handler_us'])} | "
+                out(f"| {tp} | {what} | {fmt(r['p50'])} | {fmt(max(r['p50'] - c['ft_handler_us'], 0))} | "
                     + " | ".join(fmt(c.get(k)) for k, _ in cols) + " |")
         out()
 

@@ -101,7 +101,7 @@ int dsm_pg_in_fault(void)
 /* DSM_STATS=2: the phases of a read miss this thread sent, from the stamps of dsm_pg_grant. */
 static void ft_account(size_t p, uint64_t entry, uint64_t presend, uint64_t sent, uint64_t woken)
 {
-    const struct dsm_ft_page *s = &dsm_ft_pages[p];
+    struct dsm_ft_page *s = &dsm_ft_pages[p];
     uint64_t grant = __atomic_load_n(&s->grant, __ATOMIC_ACQUIRE), filled = s->filled, prot = s->prot;
     if (grant < presend || prot < grant || woken < prot)
         return;  /* another thread's grant of this page: not this miss */
@@ -112,7 +112,13 @@ static void ft_account(size_t p, uint64_t entry, uint64_t presend, uint64_t sent
     dsm_ft_add(DSM_FT_COPY, filled - grant);
     dsm_ft_add(DSM_FT_PROTECT, prot - filled);
     dsm_ft_add(DSM_FT_WAKE, woken - prot);
-    dsm_ft_add(DSM_FT_TOTAL, dsm_ft_now() - entry);
+    uint64_t done = dsm_ft_now();
+    dsm_ft_add(DSM_FT_TOTAL, done - entry);
+    s->entry = entry;
+    s->presend = presend;
+    s->sent = sent;
+    s->woken = woken;
+    s->done = done;
 }
 
 void dsm_pg_fault(size_t p, int write)

@@ -50,9 +50,12 @@ enum {
 };
 extern int dsm_ft_on;
 extern uint64_t dsm_ft_ns[DSM_FT_MAX], dsm_ft_n[DSM_FT_MAX];
-/* Per page, the stamps of the grant (when on). */
+/* Per page, the stamps of its last timed read miss at this node, and of the last read request it served as
+ * home (when on): what the benchmarks take medians of. */
 struct dsm_ft_page {
-    uint64_t grant, filled, prot;
+    uint64_t grant, filled, prot;                 /* written by the progress thread (dsm_pg_grant) */
+    uint64_t entry, presend, sent, woken, done;   /* by the faulting thread, once the miss is accounted */
+    uint64_t home_in, home_out;                   /* at the home */
 };
 extern struct dsm_ft_page *dsm_ft_pages;
 
