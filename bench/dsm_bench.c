@@ -75,8 +75,8 @@ static void wait_word(uint32_t *w, uint32_t want, int shared, const char *what)
     while ((v = __atomic_load_n(w, __ATOMIC_ACQUIRE)) < want) {
         if ((++k & 0xfff) == 0 || !spin_mode) {
             if (end == 0) {
-                end = dsmb_now() + BENCH_WAIT_S;
-            } else if (dsmb_now() > end) {
+                end = dsm_bench_now() + BENCH_WAIT_S;
+            } else if (dsm_bench_now() > end) {
                 fprintf(stderr, "dsm_bench rank %d: waited %.0f s for %s\n", me, BENCH_WAIT_S, what);
                 exit(1);
             }
@@ -98,9 +98,9 @@ static void set_word(uint32_t *w, uint32_t v, int shared)
 /* Wait until a word of shared memory (a dsm page: no futex wakes it) reaches want. */
 static void poll_page(volatile uint64_t *w, uint64_t want, const char *what)
 {
-    double end = dsmb_now() + BENCH_WAIT_S;
+    double end = dsm_bench_now() + BENCH_WAIT_S;
     while (*w < want) {
-        if (dsmb_now() > end) {
+        if (dsm_bench_now() > end) {
             fprintf(stderr, "dsm_bench rank %d: waited %.0f s for %s\n", me, BENCH_WAIT_S, what);
             exit(1);
         }
@@ -116,10 +116,10 @@ static int64_t iters(int64_t n)
 }
 
 /* The iterations of a body that rank 0 measures and the others sit out (they still loop: same counts). */
-static void sit_out(dsmb_state_t *st)
+static void sit_out(dsm_bench_state_t *st)
 {
-    while (dsmb_next(st))
-        dsmb_set_time(st, 1e-9);
+    while (dsm_bench_next(st))
+        dsm_bench_set_time(st, 1e-9);
 }
 
 static void barrier(void)
@@ -139,7 +139,7 @@ static void on_floor_fault(int sig, siginfo_t *si, void *uc)
         abort();
 }
 
-static void b_fault_floor(dsmb_state_t *st)
+static void b_fault_floor(dsm_bench_state_t *st)
 {
     if (me != 0) {
         sit_out(st);
@@ -155,12 +155,12 @@ static void b_fault_floor(dsmb_state_t *st)
     sigemptyset(&sa.sa_mask);
     if (sigaction(SIGSEGV, &sa, &old) != 0)
         die("sigaction");
-    while (dsmb_next(st)) {
+    while (dsm_bench_next(st)) {
         if (mprotect(floor_page, PAGE, PROT_NONE) != 0)
             die("mprotect");
-        double t0 = dsmb_now();
+        double t0 = dsm_bench_now();
         (void)*(volatile char *)floor_page;
-        dsmb_set_time(st, dsmb_now() - t0);
+        dsm_bench_set_time(st, dsm_bench_now() - t0);
     }
     sigaction(SIGSEGV, &old, NULL);
     munmap(floor_page, PAGE);
@@ -210,8 +210,8 @@ static void full_recv(int fd, void *p, size_t len)
             if (!spin_mode && errno == EAGAIN)
                 die("tcp recv: no answer");
             if (end == 0)
-                end = dsmb_now() + BENCH_WAIT_S;
-            else if (dsmb_now() > end)
+                end = dsm_bench_now() + BENCH_WAIT_S;
+            else if (dsm_bench_now() > end)
                 die("tcp recv: no answer");
             continue;
         }
@@ -219,9 +219,9 @@ static void full_recv(int fd, void *p, size_t len)
     }
 }
 
-static void b_tcp_rr(dsmb_state_t *st)
+static void b_tcp_rr(dsm_bench_state_t *st)
 {
-    size_t len = (size_t)dsmb_arg(st, 0);
+    size_t len = (size_t)dsm_bench_arg(st, 0);
     char *buf = calloc(1, len > 8 ? len : 8);
     int one = 1, fd = -1, lfd = -1;
     if (me == 1) {
@@ -248,18 +248,18 @@ static void b_tcp_rr(dsmb_state_t *st)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     }
-    while (dsmb_next(st)) {
+    while (dsm_bench_next(st)) {
         if (me == 0) {
-            double t0 = dsmb_now();
+            double t0 = dsm_bench_now();
             full_send(fd, buf, 8);
             full_recv(fd, buf, len);
-            dsmb_set_time(st, dsmb_now() - t0);
+            dsm_bench_set_time(st, dsm_bench_now() - t0);
         } else {
             if (me == 1) {
                 full_recv(fd, buf, 8);
                 full_send(fd, buf, len);
             }
-            dsmb_set_time(st, 1e-9);
+            dsm_bench_set_time(st, 1e-9);
         }
     }
     if (fd >= 0)
@@ -278,9 +278,9 @@ struct shm_pp {
     char data[PAGE] __attribute__((aligned(64)));
 };
 
-static void b_shm_pp(dsmb_state_t *st)
+static void b_shm_pp(dsm_bench_state_t *st)
 {
-    size_t len = (size_t)dsmb_arg(st, 0);
+    size_t len = (size_t)dsm_bench_arg(st, 0);
     char name[64];
     struct shm_pp *q = NULL;
     static char src[PAGE], dst[PAGE];
@@ -312,21 +312,21 @@ static void b_shm_pp(dsmb_state_t *st)
     if (me == 1)
         shm_unlink(name);
     uint32_t i = 0;
-    while (dsmb_next(st)) {
+    while (dsm_bench_next(st)) {
         i++;
         if (me == 0) {
-            double t0 = dsmb_now();
+            double t0 = dsm_bench_now();
             set_word(&q->req, i, 1);
             wait_word(&q->resp, i, 1, "shm pong");
             memcpy(dst, q->data, len);
-            dsmb_set_time(st, dsmb_now() - t0);
+            dsm_bench_set_time(st, dsm_bench_now() - t0);
         } else {
             if (me == 1) {
                 wait_word(&q->req, i, 1, "shm ping");
                 memcpy(q->data, src, len);
                 set_word(&q->resp, i, 1);
             }
-            dsmb_set_time(st, 1e-9);
+            dsm_bench_set_time(st, 1e-9);
         }
     }
     if (q)
@@ -360,9 +360,9 @@ static int on_sink(void *arg, int src, uint8_t id, const void *hdr, size_t hl, c
     return DSM_OK;
 }
 
-static void b_am_pingpong(dsmb_state_t *st)
+static void b_am_pingpong(dsm_bench_state_t *st)
 {
-    size_t len = (size_t)dsmb_arg(st, 0);
+    size_t len = (size_t)dsm_bench_arg(st, 0);
     uint8_t hdr[8] = {0};
     barrier();
     if (me != 0) {
@@ -371,37 +371,37 @@ static void b_am_pingpong(dsmb_state_t *st)
         return;
     }
     uint32_t want = __atomic_load_n(&pongs, __ATOMIC_ACQUIRE);
-    while (dsmb_next(st)) {
-        double t0 = dsmb_now();
+    while (dsm_bench_next(st)) {
+        double t0 = dsm_bench_now();
         check(dsm_am_send(1, AM_PING, hdr, sizeof hdr, am_buf, len), "am send");
         wait_word(&pongs, ++want, 0, "am pong");
-        dsmb_set_time(st, dsmb_now() - t0);
+        dsm_bench_set_time(st, dsm_bench_now() - t0);
     }
     barrier();
 }
 
 /* Bursts of 8 B messages sent back to back to rank 1, each burst closed by one answered message (they arrive in
  * order): messages per second of one sender, delivery included. */
-static void b_am_rate(dsmb_state_t *st)
+static void b_am_rate(dsm_bench_state_t *st)
 {
     const int64_t burst = 1000;
     uint8_t hdr[8] = {0};
     barrier();
-    while (dsmb_next(st)) {
+    while (dsm_bench_next(st)) {
         if (me == 0) {
-            double t0 = dsmb_now();
+            double t0 = dsm_bench_now();
             for (int64_t k = 0; k < burst; k++)
                 check(dsm_am_send(1, AM_SINK, hdr, sizeof hdr, NULL, 0), "am send");
             /* The last of the burst answered: all arrived (one channel keeps order). */
             uint32_t want = __atomic_load_n(&pongs, __ATOMIC_ACQUIRE) + 1;
             check(dsm_am_send(1, AM_PING, hdr, sizeof hdr, NULL, 0), "am send");
             wait_word(&pongs, want, 0, "burst answer");
-            dsmb_set_time(st, dsmb_now() - t0);
+            dsm_bench_set_time(st, dsm_bench_now() - t0);
         } else {
-            dsmb_set_time(st, 1e-9);
+            dsm_bench_set_time(st, 1e-9);
         }
     }
-    dsmb_set_items(st, dsmb_max_iterations(st) * burst);
+    dsm_bench_set_items(st, dsm_bench_max_iterations(st) * burst);
     barrier();
 }
 
@@ -423,10 +423,10 @@ static void rma_setup(void)
 }
 
 /* arg 0: size; arg 1: 0 put, 1 get. Latency: one blocking operation per iteration. */
-static void b_rma(dsmb_state_t *st)
+static void b_rma(dsm_bench_state_t *st)
 {
-    size_t len = (size_t)dsmb_arg(st, 0);
-    int get = (int)dsmb_arg(st, 1);
+    size_t len = (size_t)dsm_bench_arg(st, 0);
+    int get = (int)dsm_bench_arg(st, 1);
     static char local[RMA_LEN];
     barrier();
     if (me != 0) {
@@ -434,23 +434,23 @@ static void b_rma(dsmb_state_t *st)
         barrier();
         return;
     }
-    while (dsmb_next(st)) {
-        double t0 = dsmb_now();
+    while (dsm_bench_next(st)) {
+        double t0 = dsm_bench_now();
         if (get) {
             check(dsm_rma_get(1, local, len, rma_reg, 0), "get");
         } else {
             check(dsm_rma_put(1, local, len, rma_reg, 0), "put");
         }
-        dsmb_set_time(st, dsmb_now() - t0);
+        dsm_bench_set_time(st, dsm_bench_now() - t0);
     }
-    dsmb_set_bytes(st, dsmb_max_iterations(st) * (int64_t)len);
+    dsm_bench_set_bytes(st, dsm_bench_max_iterations(st) * (int64_t)len);
     barrier();
 }
 
 /* Put bandwidth: a window of 16 non-blocking puts in flight, the size given. */
-static void b_rma_bw(dsmb_state_t *st)
+static void b_rma_bw(dsm_bench_state_t *st)
 {
-    size_t len = (size_t)dsmb_arg(st, 0);
+    size_t len = (size_t)dsm_bench_arg(st, 0);
     enum { WINDOW = 16 };
     static char local[RMA_LEN];
     dsm_tp_req_t req[WINDOW];
@@ -460,26 +460,26 @@ static void b_rma_bw(dsmb_state_t *st)
         barrier();
         return;
     }
-    while (dsmb_next(st)) {
-        double t0 = dsmb_now();
+    while (dsm_bench_next(st)) {
+        double t0 = dsm_bench_now();
         for (int k = 0; k < WINDOW; k++) {
             dsm_req_init(&req[k]);
             check(dsm_rma_put_nb(1, local, len, rma_reg, 0, &req[k]), "put");
         }
         for (int k = 0; k < WINDOW; k++)
             check(dsm_req_wait(&req[k]), "put completion");
-        dsmb_set_time(st, dsmb_now() - t0);
+        dsm_bench_set_time(st, dsm_bench_now() - t0);
     }
-    dsmb_set_bytes(st, dsmb_max_iterations(st) * WINDOW * (int64_t)len);
+    dsm_bench_set_bytes(st, dsm_bench_max_iterations(st) * WINDOW * (int64_t)len);
     barrier();
 }
 
 /* dsm_fetch_add (arg 0) or dsm_cas (arg 1) on a dsm_alloc_atomic word homed at rank 1. */
 static uint64_t *atomics;
 
-static void b_atomic(dsmb_state_t *st)
+static void b_atomic(dsm_bench_state_t *st)
 {
-    int cas = (int)dsmb_arg(st, 0);
+    int cas = (int)dsm_bench_arg(st, 0);
     uint64_t *w = atomics + PAGE / 8 * 1;  /* the second page: homed at rank 1 (block-wise, one page each) */
     barrier();
     if (me != 0) {
@@ -488,13 +488,13 @@ static void b_atomic(dsmb_state_t *st)
         return;
     }
     uint64_t v = 0;
-    while (dsmb_next(st)) {
-        double t0 = dsmb_now();
+    while (dsm_bench_next(st)) {
+        double t0 = dsm_bench_now();
         if (cas)
             v = dsm_cas(w, v, v + 1) == v ? v + 1 : dsm_atomic_load(w);
         else
             dsm_fetch_add(w, 1);
-        dsmb_set_time(st, dsmb_now() - t0);
+        dsm_bench_set_time(st, dsm_bench_now() - t0);
     }
     barrier();
 }
@@ -531,7 +531,7 @@ static double median_us(uint64_t *v, size_t n)
     return n ? (double)v[n / 2] / 1000.0 : 0.0;
 }
 
-static void breakdown(dsmb_state_t *st, const char *p, int64_t n)
+static void breakdown(dsm_bench_state_t *st, const char *p, int64_t n)
 {
     size_t first;
     if (!dsm_region_kind(p, &first))
@@ -575,12 +575,12 @@ static void breakdown(dsmb_state_t *st, const char *p, int64_t n)
         }
         for (int j = 0; j < PHASES; j++) {
             if (k)
-                dsmb_counter(st, names[j], median_us(ph[j], k));
+                dsm_bench_counter(st, names[j], median_us(ph[j], k));
             free(ph[j]);
         }
         if (board[3])
-            dsmb_counter(st, "ft_home_us", (double)board[2] / 1000.0);
-        dsmb_counter(st, "ft_misses", (double)k);
+            dsm_bench_counter(st, "ft_home_us", (double)board[2] / 1000.0);
+        dsm_bench_counter(st, "ft_misses", (double)k);
     }
     free(v);
 }
@@ -588,13 +588,13 @@ static void breakdown(dsmb_state_t *st, const char *p, int64_t n)
 /* Read miss on pages homed at rank 1. arg 0: 0 the page was never touched (clean at its home, and the first use
  * of its memory on both nodes), 1 it was last written by rank 2, 2 rank 0 held it before and the home wrote it
  * since (clean at its home, its memory in use on both nodes: the miss of an iterative program). */
-static void b_read_miss(dsmb_state_t *st)
+static void b_read_miss(dsm_bench_state_t *st)
 {
-    int kind = (int)dsmb_arg(st, 0);
-    int64_t n = dsmb_max_iterations(st);
+    int kind = (int)dsm_bench_arg(st, 0);
+    int64_t n = dsm_bench_max_iterations(st);
     char *p = fresh_pages(n);
     if (kind == 1 && nodes < 3) {
-        dsmb_skip(st, "needs 3 nodes");
+        dsm_bench_skip(st, "needs 3 nodes");
         barrier();
         return;
     }
@@ -615,10 +615,10 @@ static void b_read_miss(dsmb_state_t *st)
         sit_out(st);
     } else {
         int64_t i = 0;
-        while (dsmb_next(st)) {
-            double t0 = dsmb_now();
+        while (dsm_bench_next(st)) {
+            double t0 = dsm_bench_now();
             sink_byte = *(volatile char *)(p + i++ * PAGE);
-            dsmb_set_time(st, dsmb_now() - t0);
+            dsm_bench_set_time(st, dsm_bench_now() - t0);
         }
     }
     if (dsm_ft_on)
@@ -627,13 +627,13 @@ static void b_read_miss(dsmb_state_t *st)
 }
 
 /* Write miss with arg 0 sharers: ranks 1 (the home) .. arg read the page first. */
-static void b_write_miss(dsmb_state_t *st)
+static void b_write_miss(dsm_bench_state_t *st)
 {
-    int sharers = (int)dsmb_arg(st, 0);
-    int64_t n = dsmb_max_iterations(st);
+    int sharers = (int)dsm_bench_arg(st, 0);
+    int64_t n = dsm_bench_max_iterations(st);
     char *p = fresh_pages(n);
     if (sharers > nodes - 1) {
-        dsmb_skip(st, "more sharers than nodes");
+        dsm_bench_skip(st, "more sharers than nodes");
         barrier();
         return;
     }
@@ -647,18 +647,18 @@ static void b_write_miss(dsmb_state_t *st)
         return;
     }
     int64_t i = 0;
-    while (dsmb_next(st)) {
-        double t0 = dsmb_now();
+    while (dsm_bench_next(st)) {
+        double t0 = dsm_bench_now();
         *(volatile char *)(p + i++ * PAGE) = 1;
-        dsmb_set_time(st, dsmb_now() - t0);
+        dsm_bench_set_time(st, dsm_bench_now() - t0);
     }
     barrier();
 }
 
 /* Upgrade: rank 0 holds the page Shared (read before, not timed) and writes it. */
-static void b_upgrade(dsmb_state_t *st)
+static void b_upgrade(dsm_bench_state_t *st)
 {
-    int64_t n = dsmb_max_iterations(st);
+    int64_t n = dsm_bench_max_iterations(st);
     char *p = fresh_pages(n);
     if (me == 0)
         for (int64_t i = 0; i < n; i++)
@@ -670,28 +670,28 @@ static void b_upgrade(dsmb_state_t *st)
         return;
     }
     int64_t i = 0;
-    while (dsmb_next(st)) {
-        double t0 = dsmb_now();
+    while (dsm_bench_next(st)) {
+        double t0 = dsm_bench_now();
         *(volatile char *)(p + i++ * PAGE) = 1;
-        dsmb_set_time(st, dsmb_now() - t0);
+        dsm_bench_set_time(st, dsm_bench_now() - t0);
     }
     barrier();
 }
 
 /* Two-node page ping-pong: ranks 0 and 1 take turns incrementing a word of one page homed at rank 1; one
  * iteration is one turn each (two write misses, each a recall of the page from the other node). */
-static void b_page_pingpong(dsmb_state_t *st)
+static void b_page_pingpong(dsm_bench_state_t *st)
 {
     char *p = fresh_pages(1);
     volatile uint64_t *w = (volatile uint64_t *)p;
     barrier();
     uint64_t turn = 0;
-    while (dsmb_next(st)) {
+    while (dsm_bench_next(st)) {
         if (me > 1) {
-            dsmb_set_time(st, 1e-9);
+            dsm_bench_set_time(st, 1e-9);
             continue;
         }
-        double t0 = dsmb_now();
+        double t0 = dsm_bench_now();
         if (me == 0) {
             *w = ++turn * 2 - 1;
             poll_page(w, turn * 2, "the other turn");
@@ -699,7 +699,7 @@ static void b_page_pingpong(dsmb_state_t *st)
             poll_page(w, ++turn * 2 - 1, "the other turn");
             *w = turn * 2;
         }
-        dsmb_set_time(st, dsmb_now() - t0);
+        dsm_bench_set_time(st, dsm_bench_now() - t0);
     }
     barrier();
 }
@@ -718,22 +718,22 @@ static void *ft_worker(void *a)
     return NULL;
 }
 
-static void b_fault_tput(dsmb_state_t *st)
+static void b_fault_tput(dsm_bench_state_t *st)
 {
-    int threads = (int)dsmb_arg(st, 0);
+    int threads = (int)dsm_bench_arg(st, 0);
     int64_t per = iters(400);
     /* Node k's pages: a block of the whole allocation homed at k+1 (dsm_alloc spreads homes block-wise). */
     size_t block = (size_t)threads * (size_t)per;
     pthread_t tid[8];
     struct ft_arg fa[8];
-    while (dsmb_next(st)) {
+    while (dsm_bench_next(st)) {
         /* Fresh pages each round, so every read is a miss. */
         char *all = dsm_alloc(block * PAGE * (size_t)nodes);
         if (!all)
             check(dsm_last_error(), "alloc");
         char *mine = all + (size_t)((me + 1) % nodes) * block * PAGE;
         barrier();
-        double t0 = dsmb_now();
+        double t0 = dsm_bench_now();
         for (int t = 0; t < threads; t++) {
             fa[t] = (struct ft_arg){mine + (size_t)t * (size_t)per * PAGE, per};
             if (pthread_create(&tid[t], NULL, ft_worker, &fa[t]) != 0)
@@ -741,42 +741,42 @@ static void b_fault_tput(dsmb_state_t *st)
         }
         for (int t = 0; t < threads; t++)
             pthread_join(tid[t], NULL);
-        dsmb_set_time(st, dsmb_now() - t0);
+        dsm_bench_set_time(st, dsm_bench_now() - t0);
         barrier();
         check(dsm_dealloc(all), "dealloc");
     }
-    dsmb_set_items(st, dsmb_max_iterations(st) * (int64_t)block);
+    dsm_bench_set_items(st, dsm_bench_max_iterations(st) * (int64_t)block);
 }
 
 /* ---- sync ---- */
 
-static void b_barrier(dsmb_state_t *st)
+static void b_barrier(dsm_bench_state_t *st)
 {
     barrier();
-    while (dsmb_next(st)) {
-        double t0 = dsmb_now();
+    while (dsm_bench_next(st)) {
+        double t0 = dsm_bench_now();
         barrier();
-        dsmb_set_time(st, dsmb_now() - t0);
+        dsm_bench_set_time(st, dsm_bench_now() - t0);
     }
 }
 
 /* Lock acquire + release of a lock homed at rank 1. arg 0: 0 only rank 0 takes it, 1 every node does. */
 static dsm_lock_t *lock;
 
-static void b_lock(dsmb_state_t *st)
+static void b_lock(dsm_bench_state_t *st)
 {
-    int contended = (int)dsmb_arg(st, 0);
+    int contended = (int)dsm_bench_arg(st, 0);
     barrier();
     if (me != 0 && !contended) {
         sit_out(st);
         barrier();
         return;
     }
-    while (dsmb_next(st)) {
-        double t0 = dsmb_now();
+    while (dsm_bench_next(st)) {
+        double t0 = dsm_bench_now();
         check(dsm_lock(lock), "lock");
         check(dsm_unlock(lock), "unlock");
-        dsmb_set_time(st, dsmb_now() - t0);
+        dsm_bench_set_time(st, dsm_bench_now() - t0);
     }
     barrier();
 }
@@ -786,45 +786,45 @@ static void b_lock(dsmb_state_t *st)
 static char *bulk_mem, *bulk_local;
 #define BULK_MAX (16u << 20)
 
-static void b_bulk(dsmb_state_t *st)
+static void b_bulk(dsm_bench_state_t *st)
 {
-    size_t len = (size_t)dsmb_arg(st, 0);
-    int put = (int)dsmb_arg(st, 1);
-    while (dsmb_next(st)) {
+    size_t len = (size_t)dsm_bench_arg(st, 0);
+    int put = (int)dsm_bench_arg(st, 1);
+    while (dsm_bench_next(st)) {
         /* Rank 1 writes every page: rank 0 holds none of them when the timed copy starts. */
         if (me == 1)
             for (size_t o = 0; o < len; o += PAGE)
                 bulk_mem[o]++;
         barrier();
-        double t0 = dsmb_now();
+        double t0 = dsm_bench_now();
         if (me == 0)
             check(put ? dsm_put(bulk_mem, bulk_local, len) : dsm_get(bulk_local, bulk_mem, len), "bulk copy");
-        dsmb_set_time(st, me == 0 ? dsmb_now() - t0 : 1e-9);
+        dsm_bench_set_time(st, me == 0 ? dsm_bench_now() - t0 : 1e-9);
         barrier();
     }
-    dsmb_set_bytes(st, dsmb_max_iterations(st) * (int64_t)len);
+    dsm_bench_set_bytes(st, dsm_bench_max_iterations(st) * (int64_t)len);
 }
 
 /* ---- applications: the kernels of examples/jacobi and examples/matmul, timed per iteration ---- */
 
 /* rank 0's page faults and bytes received, for the per-iteration counters */
-static void app_counters(dsmb_state_t *st, const dsm_stats_t *s0)
+static void app_counters(dsm_bench_state_t *st, const dsm_stats_t *s0)
 {
     dsm_stats_t s1 = {.size = sizeof s1};
     check(dsm_stats(&s1), "dsm_stats");
-    double it = (double)dsmb_max_iterations(st);
-    dsmb_counter(st, "faults_per_iter", (double)(s1.read_faults + s1.write_faults + s1.upgrades - s0->read_faults -
+    double it = (double)dsm_bench_max_iterations(st);
+    dsm_bench_counter(st, "faults_per_iter", (double)(s1.read_faults + s1.write_faults + s1.upgrades - s0->read_faults -
                                                  s0->write_faults - s0->upgrades) / it);
-    dsmb_counter(st, "pages_in_per_iter", (double)(s1.pages_received - s0->pages_received) / it);
-    dsmb_counter(st, "bytes_in_per_iter", (double)(s1.bytes_received - s0->bytes_received) / it);
-    dsmb_counter(st, "bytes_out_per_iter", (double)(s1.bytes_sent - s0->bytes_sent) / it);
+    dsm_bench_counter(st, "pages_in_per_iter", (double)(s1.pages_received - s0->pages_received) / it);
+    dsm_bench_counter(st, "bytes_in_per_iter", (double)(s1.bytes_received - s0->bytes_received) / it);
+    dsm_bench_counter(st, "bytes_out_per_iter", (double)(s1.bytes_sent - s0->bytes_sent) / it);
 }
 
 /* One Jacobi sweep per iteration over an arg x arg grid, rows in blocks over the nodes (as examples/jacobi):
  * only the rows at block edges travel. Time: the sweep and the barrier that ends it. */
-static void b_jacobi(dsmb_state_t *st)
+static void b_jacobi(dsm_bench_state_t *st)
 {
-    int n = (int)dsmb_arg(st, 0);
+    int n = (int)dsm_bench_arg(st, 0);
     size_t bytes = (size_t)n * (size_t)n * sizeof(double);
     double *a = dsm_alloc(bytes), *b = dsm_alloc(bytes);
     if (!a || !b)
@@ -840,8 +840,8 @@ static void b_jacobi(dsmb_state_t *st)
     barrier();
     dsm_stats_t s0 = {.size = sizeof s0};
     check(dsm_stats(&s0), "dsm_stats");
-    while (dsmb_next(st)) {
-        double t0 = dsmb_now();
+    while (dsm_bench_next(st)) {
+        double t0 = dsm_bench_now();
         for (int i = lo; i < hi; i++)
             for (int j = 0; j < n; j++) {
                 size_t k = (size_t)i * n + j;
@@ -849,7 +849,7 @@ static void b_jacobi(dsmb_state_t *st)
                            ? a[k] : 0.25 * (a[k - 1] + a[k + 1] + a[k - (size_t)n] + a[k + (size_t)n]);
             }
         barrier();
-        dsmb_set_time(st, dsmb_now() - t0);
+        dsm_bench_set_time(st, dsm_bench_now() - t0);
         double *t = a;
         a = b;
         b = t;
@@ -863,9 +863,9 @@ static void b_jacobi(dsmb_state_t *st)
 /* C = A B of arg x arg matrices per iteration, rows of C in blocks over the nodes (as examples/matmul); before
  * each product every node rewrites its own rows of B, so every node fetches B again (the pattern of an
  * iterative solver). Time: the update, the product and their barriers. */
-static void b_matmul(dsmb_state_t *st)
+static void b_matmul(dsm_bench_state_t *st)
 {
-    int n = (int)dsmb_arg(st, 0);
+    int n = (int)dsm_bench_arg(st, 0);
     size_t bytes = (size_t)n * (size_t)n * sizeof(double);
     double *a = dsm_alloc(bytes), *b = dsm_alloc(bytes), *c = dsm_alloc(bytes);
     if (!a || !b || !c)
@@ -879,8 +879,8 @@ static void b_matmul(dsmb_state_t *st)
     dsm_stats_t s0 = {.size = sizeof s0};
     check(dsm_stats(&s0), "dsm_stats");
     int it = 0;
-    while (dsmb_next(st)) {
-        double t0 = dsmb_now();
+    while (dsm_bench_next(st)) {
+        double t0 = dsm_bench_now();
         for (size_t k = (size_t)lo * n; k < (size_t)hi * n; k++)
             b[k] = (double)((k + (size_t)it) % 13) / 4;
         it++;
@@ -893,7 +893,7 @@ static void b_matmul(dsmb_state_t *st)
                 c[(size_t)i * n + j] = sum;
             }
         barrier();
-        dsmb_set_time(st, dsmb_now() - t0);
+        dsm_bench_set_time(st, dsm_bench_now() - t0);
     }
     app_counters(st, &s0);
     barrier();
@@ -904,14 +904,14 @@ static void b_matmul(dsmb_state_t *st)
 
 /* ---- the sets ---- */
 
-static void reg(const char *name, dsmb_fn_t fn, int64_t n, const int64_t *args, int nargs, int two)
+static void reg(const char *name, dsm_bench_fn_t fn, int64_t n, const int64_t *args, int nargs, int two)
 {
-    dsmb_bench_t *b = dsmb_iterations(dsmb_register(name, fn), iters(n));
+    dsm_bench_t *b = dsm_bench_iterations(dsm_bench_register(name, fn), iters(n));
     for (int k = 0; k < nargs; k++)
         if (two)
-            dsmb_with_args(b, args[2 * k], args[2 * k + 1]);
+            dsm_bench_with_args(b, args[2 * k], args[2 * k + 1]);
         else
-            dsmb_with_arg(b, args[k]);
+            dsm_bench_with_arg(b, args[k]);
 }
 
 static void register_all(void)
@@ -1002,20 +1002,20 @@ int main(int argc, char **argv)
 
     char v[64];
     snprintf(v, sizeof v, "%d", nodes);
-    dsmb_context("dsm_nodes", v);
-    dsmb_context("dsm_transport", dsm_transport_name());
-    dsmb_context("dsm_version", dsm_version_string());
-    dsmb_context("dsm_wait", wm ? wm : "default");
-    dsmb_context("bench_wait", spin_mode ? "spin" : "block");
+    dsm_bench_context("dsm_nodes", v);
+    dsm_bench_context("dsm_transport", dsm_transport_name());
+    dsm_bench_context("dsm_version", dsm_version_string());
+    dsm_bench_context("dsm_wait", wm ? wm : "default");
+    dsm_bench_context("bench_wait", spin_mode ? "spin" : "block");
     const char *dev = getenv("DSM_RDMA_DEVICE");
     if (!dev)
         dev = getenv("DSM_RXE_DEVICE");  /* the soft-RoCE lab's device (ci/rxe-lab) */
-    dsmb_context("dsm_device", dev ? dev : (strstr(dsm_transport_name(), "rdma") ? "default" : "none"));
+    dsm_bench_context("dsm_device", dev ? dev : (strstr(dsm_transport_name(), "rdma") ? "default" : "none"));
     snprintf(v, sizeof v, "%g", scale);
-    dsmb_context("dsm_bench_scale", v);
+    dsm_bench_context("dsm_bench_scale", v);
     register_all();
     barrier();
-    int rc = dsmb_run(&argc, argv, me == 0);
+    int rc = dsm_bench_run(&argc, argv, me == 0);
     barrier();
     check(dsm_mreg_destroy(rma_reg), "deregistration");
     check(dsm_finalize(), "dsm_finalize");

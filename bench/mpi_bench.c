@@ -29,11 +29,11 @@ static void mpi_check(int rc, const char *what)
 }
 
 /* arg 0: bytes; arg 1: 0 get, 1 put. */
-static void b_rma(dsmb_state_t *st)
+static void b_rma(dsm_bench_state_t *st)
 {
-    int len = (int)dsmb_arg(st, 0), put = (int)dsmb_arg(st, 1);
-    while (dsmb_next(st)) {
-        double t0 = dsmb_now();
+    int len = (int)dsm_bench_arg(st, 0), put = (int)dsm_bench_arg(st, 1);
+    while (dsm_bench_next(st)) {
+        double t0 = dsm_bench_now();
         if (me == 0) {
             if (put)
                 mpi_check(MPI_Put(local, len, MPI_BYTE, 1, 0, len, MPI_BYTE, win), "MPI_Put");
@@ -41,32 +41,32 @@ static void b_rma(dsmb_state_t *st)
                 mpi_check(MPI_Get(local, len, MPI_BYTE, 1, 0, len, MPI_BYTE, win), "MPI_Get");
             mpi_check(MPI_Win_flush(1, win), "MPI_Win_flush");
         }
-        dsmb_set_time(st, me == 0 ? dsmb_now() - t0 : 1e-9);
+        dsm_bench_set_time(st, me == 0 ? dsm_bench_now() - t0 : 1e-9);
     }
-    dsmb_set_bytes(st, dsmb_max_iterations(st) * (int64_t)len);
+    dsm_bench_set_bytes(st, dsm_bench_max_iterations(st) * (int64_t)len);
     MPI_Barrier(MPI_COMM_WORLD);
 }
 
-static void b_fetch_add(dsmb_state_t *st)
+static void b_fetch_add(dsm_bench_state_t *st)
 {
     uint64_t one = 1, old;
-    while (dsmb_next(st)) {
-        double t0 = dsmb_now();
+    while (dsm_bench_next(st)) {
+        double t0 = dsm_bench_now();
         if (me == 0) {
             mpi_check(MPI_Fetch_and_op(&one, &old, MPI_UINT64_T, 1, 0, MPI_SUM, win), "MPI_Fetch_and_op");
             mpi_check(MPI_Win_flush(1, win), "MPI_Win_flush");
         }
-        dsmb_set_time(st, me == 0 ? dsmb_now() - t0 : 1e-9);
+        dsm_bench_set_time(st, me == 0 ? dsm_bench_now() - t0 : 1e-9);
     }
     MPI_Barrier(MPI_COMM_WORLD);
 }
 
-static void b_barrier(dsmb_state_t *st)
+static void b_barrier(dsm_bench_state_t *st)
 {
-    while (dsmb_next(st)) {
-        double t0 = dsmb_now();
+    while (dsm_bench_next(st)) {
+        double t0 = dsm_bench_now();
         MPI_Barrier(MPI_COMM_WORLD);
-        dsmb_set_time(st, dsmb_now() - t0);
+        dsm_bench_set_time(st, dsm_bench_now() - t0);
     }
 }
 
@@ -109,24 +109,24 @@ int main(int argc, char **argv)
 
     char v[32];
     snprintf(v, sizeof v, "%d", n);
-    dsmb_context("mpi_nodes", v);
+    dsm_bench_context("mpi_nodes", v);
     char lib[MPI_MAX_LIBRARY_VERSION_STRING];
     int len;
     MPI_Get_library_version(lib, &len);
     char *nl = strchr(lib, ',');
     if (nl)
         *nl = 0;
-    dsmb_context("mpi_library", lib);
-    dsmb_bench_t *b = dsmb_iterations(dsmb_register("mpi/rma", b_rma), iters(200));
+    dsm_bench_context("mpi_library", lib);
+    dsm_bench_t *b = dsm_bench_iterations(dsm_bench_register("mpi/rma", b_rma), iters(200));
     for (int put = 0; put < 2; put++) {
         for (int64_t s = 8; s < 4096; s *= 512)
-            dsmb_with_args(b, s, put);
+            dsm_bench_with_args(b, s, put);
         for (int64_t s = 4096; s <= MAX_LEN; s *= 4)
-            dsmb_with_args(b, s, put);
+            dsm_bench_with_args(b, s, put);
     }
-    dsmb_iterations(dsmb_register("mpi/fetch_add", b_fetch_add), iters(1000));
-    dsmb_iterations(dsmb_register("mpi/barrier", b_barrier), iters(500));
-    int rc = dsmb_run(&argc, argv, me == 0);
+    dsm_bench_iterations(dsm_bench_register("mpi/fetch_add", b_fetch_add), iters(1000));
+    dsm_bench_iterations(dsm_bench_register("mpi/barrier", b_barrier), iters(500));
+    int rc = dsm_bench_run(&argc, argv, me == 0);
     mpi_check(MPI_Win_unlock_all(win), "MPI_Win_unlock_all");
     MPI_Win_free(&win);
     free(local);

@@ -10,12 +10,12 @@
 #include <string>
 #include <vector>
 
-struct dsmb_state {
+struct dsm_bench_state {
     benchmark::State *st;
     std::vector<double> times;  // each iteration's, for the median and the minimum
 };
 
-struct dsmb_bench {
+struct dsm_bench {
     benchmark::internal::Benchmark *b;
 };
 
@@ -28,9 +28,9 @@ class QuietReporter : public benchmark::BenchmarkReporter {
     void ReportRuns(const std::vector<Run> &) override {}
 };
 
-std::vector<dsmb_bench *> &all_benches()
+std::vector<dsm_bench *> &all_benches()
 {
-    static std::vector<dsmb_bench *> v;
+    static std::vector<dsm_bench *> v;
     return v;
 }
 
@@ -38,11 +38,11 @@ std::vector<dsmb_bench *> &all_benches()
 
 extern "C" {
 
-dsmb_bench_t *dsmb_register(const char *name, dsmb_fn_t fn)
+dsm_bench_t *dsm_bench_register(const char *name, dsm_bench_fn_t fn)
 {
-    auto *h = new dsmb_bench;
+    auto *h = new dsm_bench;
     h->b = benchmark::RegisterBenchmark(name, [fn](benchmark::State &s) {
-        dsmb_state w{&s, {}};
+        dsm_bench_state w{&s, {}};
         w.times.reserve(static_cast<std::size_t>(s.max_iterations));
         fn(&w);
         // The mean (Google Benchmark's time) counts every preemption of a shared machine; the median and the
@@ -59,76 +59,76 @@ dsmb_bench_t *dsmb_register(const char *name, dsmb_fn_t fn)
     return h;
 }
 
-dsmb_bench_t *dsmb_with_arg(dsmb_bench_t *b, int64_t arg)
+dsm_bench_t *dsm_bench_with_arg(dsm_bench_t *b, int64_t arg)
 {
     b->b->Arg(arg);
     return b;
 }
 
-dsmb_bench_t *dsmb_with_args(dsmb_bench_t *b, int64_t a0, int64_t a1)
+dsm_bench_t *dsm_bench_with_args(dsm_bench_t *b, int64_t a0, int64_t a1)
 {
     b->b->Args({a0, a1});
     return b;
 }
 
-dsmb_bench_t *dsmb_iterations(dsmb_bench_t *b, int64_t n)
+dsm_bench_t *dsm_bench_iterations(dsm_bench_t *b, int64_t n)
 {
     b->b->Iterations(n);
     return b;
 }
 
-int dsmb_next(dsmb_state_t *st)
+int dsm_bench_next(dsm_bench_state_t *st)
 {
     return st->st->KeepRunning() ? 1 : 0;
 }
 
-int64_t dsmb_arg(const dsmb_state_t *st, int i)
+int64_t dsm_bench_arg(const dsm_bench_state_t *st, int i)
 {
     return st->st->range(static_cast<std::size_t>(i));
 }
 
-int64_t dsmb_max_iterations(const dsmb_state_t *st)
+int64_t dsm_bench_max_iterations(const dsm_bench_state_t *st)
 {
     return static_cast<int64_t>(st->st->max_iterations);
 }
 
-void dsmb_set_time(dsmb_state_t *st, double seconds)
+void dsm_bench_set_time(dsm_bench_state_t *st, double seconds)
 {
     st->times.push_back(seconds);
     st->st->SetIterationTime(seconds);
 }
 
-void dsmb_set_bytes(dsmb_state_t *st, int64_t bytes)
+void dsm_bench_set_bytes(dsm_bench_state_t *st, int64_t bytes)
 {
     st->st->SetBytesProcessed(bytes);
 }
 
-void dsmb_set_items(dsmb_state_t *st, int64_t items)
+void dsm_bench_set_items(dsm_bench_state_t *st, int64_t items)
 {
     st->st->SetItemsProcessed(items);
 }
 
-void dsmb_counter(dsmb_state_t *st, const char *name, double value)
+void dsm_bench_counter(dsm_bench_state_t *st, const char *name, double value)
 {
     st->st->counters[name] = benchmark::Counter(value);
 }
 
-void dsmb_counter_rate(dsmb_state_t *st, const char *name, double value)
+void dsm_bench_counter_rate(dsm_bench_state_t *st, const char *name, double value)
 {
     st->st->counters[name] = benchmark::Counter(value, benchmark::Counter::kIsRate);
 }
 
-void dsmb_skip(dsmb_state_t *st, const char *why)
+void dsm_bench_skip(dsm_bench_state_t *st, const char *why)
 {
     st->st->SkipWithError(why);
 }
 
-void dsmb_context(const char *key, const char *value)
+void dsm_bench_context(const char *key, const char *value)
 {
     benchmark::AddCustomContext(key, value);
 }
 
-int dsmb_run(int *argc, char **argv, int report)
+int dsm_bench_run(int *argc, char **argv, int report)
 {
     // The ranks that do not report must not open the output file: drop --benchmark_out* from their argv.
     if (!report) {
@@ -149,13 +149,13 @@ int dsmb_run(int *argc, char **argv, int report)
         benchmark::RunSpecifiedBenchmarks(&quiet);
     }
     benchmark::Shutdown();
-    for (dsmb_bench *b : all_benches())
+    for (dsm_bench *b : all_benches())
         delete b;
     all_benches().clear();
     return 0;
 }
 
-double dsmb_now(void)
+double dsm_bench_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
