@@ -922,7 +922,7 @@ static void register_all(void)
     reg("base/shm_pingpong", b_shm_pp, 5000, rr_sizes, 2, 0);
     reg("tp/am_pingpong", b_am_pingpong, 2000, rr_sizes, 2, 0);
     reg("tp/am_rate", b_am_rate, 20, NULL, 0, 0);
-    int64_t rma_args[2 * 9 * 2], k = 0;
+    int64_t rma_args[2 * 9 * 2], k = 0; /* 4 KiB to 1 MiB by doubling, put and get */
     for (int get = 0; get < 2; get++)
         for (int64_t s = 4096; s <= (1 << 20); s *= 2, k++) {
             rma_args[2 * k] = s;
@@ -947,7 +947,7 @@ static void register_all(void)
     reg("sync/barrier", b_barrier, 500, NULL, 0, 0);
     static const int64_t lk[] = {0, 1};
     reg("sync/lock", b_lock, 500, lk, 2, 0);
-    int64_t bulk_args[2 * 13 * 2];
+    int64_t bulk_args[2 * 7 * 2]; /* 4 KiB to 16 MiB by 4, get and put */
     k = 0;
     for (int put = 0; put < 2; put++)
         for (int64_t s = 4096; s <= BULK_MAX; s *= 4, k++) {
