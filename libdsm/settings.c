@@ -35,7 +35,7 @@ const struct dsm_setting dsm_settings[] = {
     {"DSM_MODULE_PATH", NULL,
      "directory the rdma module dsm_tp_rdma.so is loaded from (default: the package library directory)"},
     {"DSM_LOG_LEVEL", "warn", "log verbosity: error, warn, info, debug, trace"},
-    {"DSM_STATS", "0", "1: print per-node counters (messages, faults, pages, invalidations) and the most moved pages at dsm_finalize"},
+    {"DSM_STATS", "0", "1: print per-node counters (messages, faults, pages, invalidations) and the most moved pages at dsm_finalize; 2: also the time of each phase of a read miss"},
     {"DSM_WAIT", "adaptive",
      "how a thread waits for a reply: spin, block, adaptive (spin briefly, then sleep); block when this host runs more ranks than it has cores"},
     {"DSM_TIMEOUT", "30", "seconds without progress before a peer or the rendezvous is declared lost"},
@@ -229,7 +229,7 @@ int dsm_config_parse(dsm_config_t *cfg, dsm_getenv_fn_t get, char *err, size_t l
     if ((v = get("DSM_TIMEOUT")) && (rc = parse_int_range("DSM_TIMEOUT", v, 1, 86400, &cfg->timeout_s, err, len)))
         return rc;
 
-    if ((v = get("DSM_STATS")) && (rc = parse_int_range("DSM_STATS", v, 0, 1, &cfg->stats, err, len)))
+    if ((v = get("DSM_STATS")) && (rc = parse_int_range("DSM_STATS", v, 0, 2, &cfg->stats, err, len)))
         return rc;
 
     cfg->base = DEF_BASE;

@@ -99,8 +99,10 @@ int main(void)
     bad("DSM_TIMEOUT", "-5", "'-5'");
     bad("DSM_TIMEOUT", "99999999999999999999", "from 1");
     good("DSM_TIMEOUT", "5");
-    bad("DSM_STATS", "yes", "from 0 to 1");
+    bad("DSM_STATS", "yes", "from 0 to 2");
+    bad("DSM_STATS", "3", "from 0 to 2");
     good("DSM_STATS", "1");
+    good("DSM_STATS", "2");
     bad("DSM_TCP_IFACE", "", "not a valid interface name");
     bad("DSM_TCP_IFACE", "averyveryverylongname0", "not a valid interface name");
     good("DSM_TCP_IFACE", "veth0");

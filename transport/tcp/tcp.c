@@ -1000,7 +1000,8 @@ static void conn_readable(dsm_tp_t *tp, struct tcp_conn *c)
                 c->rcap = cap;
             }
         }
-        ssize_t r = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, MSG_DONTWAIT);
+        size_t room = c->rcap - c->rlen;
+        ssize_t r = recv(c->fd, c->rbuf + c->rlen, room, MSG_DONTWAIT);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -1011,6 +1012,10 @@ static void conn_readable(dsm_tp_t *tp, struct tcp_conn *c)
         }
         c->rlen += (size_t)r;
         conn_parse(tp, c);
+        /* A short read took all the socket had: epoll (level-triggered) reports what comes next, and another
+         * recv now would only return EAGAIN (one system call of every page miss, docs/PERFORMANCE.md). */
+        if ((size_t)r < room)
+            return;
     }
 }
 
