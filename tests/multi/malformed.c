@@ -20,7 +20,8 @@
 #include "transport/wire.h"
 
 /* Message ids of the core (libdsm/core.h, coh.h, lock.c, malloc.c). */
-enum { LOCK_REQ = 20, LOCK_GRANT = 21, UNLOCK = 22, UNLOCK_ACK = 23, LOCK_RESET = 24, FREE = 30, FREE_ACK = 31 };
+enum { LOCK_REQ = 20, LOCK_GRANT = 21, UNLOCK = 22, UNLOCK_ACK = 23, LOCK_RESET = 24, SYNC_WAIT = 25, COND_SIGNAL = 26,
+       FREE = 30, FREE_ACK = 31 };
 
 /* page0: homed on rank 0 (rank 0 writes it: M at its home); page1: homed on rank 1; page2: on rank 2. */
 static size_t page0, page1, page2;
@@ -68,6 +69,11 @@ static const struct mcase cases[] = {
     {"unlock-long", UNLOCK, 0, 0, 9, 0, 0},
     {"unlock-ack-bad-id", UNLOCK_ACK, -1, HUGE_IDX << 12, 8, 0, 0},
     {"lock-reset-short", LOCK_RESET, 0, 0, 7, 0, 0},
+    {"sync-wait-short", SYNC_WAIT, 0, 0, 24, 0, 0},
+    {"sync-wait-bad-kind", SYNC_WAIT, 0, 0, 25, 0, 0},
+    {"sync-wait-bad-id", SYNC_WAIT, -1, HUGE_IDX << 12, 25, 0, 0},
+    {"cond-signal-long", COND_SIGNAL, 0, 0, 18, 0, 0},
+    {"cond-signal-bad-flag", COND_SIGNAL, 0, 0, 17, 2, 0},
     {"free-short", FREE, -1, 0, 7, 0, 0},
     {"free-ack-payload", FREE_ACK, -1, 0, 8, 0, 8},
     {"unregistered-id", 127, -1, 0, 8, 0, 0},
