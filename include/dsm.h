@@ -158,6 +158,34 @@ DSM_API int dsm_lock_destroy(dsm_lock_t *l);
 DSM_API dsm_lock_t *dsm_lock_create(void);
 
 /*
+ * Thread-level barrier and condition variable for any mix of threads on any nodes. Like dsm_lock_t they are
+ * plain structs that may live anywhere in shared memory; any one thread initializes each once; the home node of
+ * the page keeps the waiters. The sizes leave room to overlay pthread_barrier_t and pthread_cond_t.
+ * dsm_barrier_wait returns when count threads (of any nodes) have called it, DSM_OK to each, then the barrier is
+ * ready for the next round; threads that wait with different counts get DSM_EINVAL.
+ * dsm_cond_wait(c, l) needs l held by the calling node; it releases l, waits, and holds l again on return. As
+ * with pthreads, a wake-up may be spurious: wait in a loop that tests the predicate. A signal reaches at least
+ * one thread that was waiting when it was sent; a broadcast reaches all of them.
+ * Errors: DSM_EINVAL (not initialized, not in shared memory, count 0, l not held), DSM_ENOTINIT.
+ */
+typedef struct dsm_barrier {
+    uint64_t opaque[4];
+} dsm_barrier_t;
+
+typedef struct dsm_cond {
+    uint64_t opaque[6];
+} dsm_cond_t;
+
+DSM_API int dsm_barrier_init(dsm_barrier_t *b, unsigned count);
+DSM_API int dsm_barrier_wait(dsm_barrier_t *b);
+DSM_API int dsm_barrier_destroy(dsm_barrier_t *b);
+DSM_API int dsm_cond_init(dsm_cond_t *c);
+DSM_API int dsm_cond_wait(dsm_cond_t *c, dsm_lock_t *l);
+DSM_API int dsm_cond_signal(dsm_cond_t *c);
+DSM_API int dsm_cond_broadcast(dsm_cond_t *c);
+DSM_API int dsm_cond_destroy(dsm_cond_t *c);
+
+/*
  * dsm threads (DESIGN.md 4.6): threads that start on any node and move between nodes while they run. A dsm
  * thread is a user-level context whose stack (256 KiB, with no guard page: keep large arrays in shared memory
  * from dsm_malloc) and control block are shared memory, run on each node by a carrier pthread of its own. Migration needs the same code at the same addresses on every node: the same
@@ -243,6 +271,13 @@ DSM_API const char *dsm_strerror(int status);
 
 /* The status of the calling thread's last failed call that returns a pointer or an index. */
 DSM_API int dsm_last_error(void);
+
+/* Set the function called when this node fails stop (DESIGN.md 4.7): once, on whichever thread detected the
+ * failure, just before the process exits with status 1. err is DSM_ENODE with node the lost node (its connection
+ * closed or failed, or no heartbeat came from it within DSM_TIMEOUT), or DSM_EPROTO with node -1 when this node
+ * itself cannot go on. It must not call libdsm and should be short (e.g. flush a log); the process exits when it
+ * returns. NULL removes it. May be called before dsm_init. */
+DSM_API void dsm_set_error_handler(void (*fn)(int err, int node));
 
 /* The providers this node uses, e.g. "tcp", or "self" for a single-node run; "none" before dsm_init.
  * The string is static. */

@@ -18,6 +18,7 @@
 /* Active-message handler ids. The core owns 1..127; tests use DSM_AM_TEST_FIRST and up. */
 enum {
     DSM_AM_BARRIER = 1,
+    DSM_AM_HEARTBEAT = 2,
     DSM_AM_TEST_FIRST = 200,
 };
 
@@ -39,6 +40,10 @@ int dsm_core_rank(void);
 int dsm_core_size(void);
 dsm_boot_t *dsm_core_boot(void);
 const dsm_config_t *dsm_core_config(void);
+/* The job secret connections authenticate with (DSM_AUTH_KEY_SIZE bytes), NULL when DSM_AUTH=off or alone. */
+const uint8_t *dsm_core_secret(void);
+/* Did the peer say bye (dsm_finalize) with nothing of it left to read? */
+int dsm_core_peer_left(int peer);
 
 /* Bind the calling thread (the progress thread) to DSM_PROGRESS_CPU, else near the RDMA device in use. */
 void dsm_progress_bind(void);

@@ -325,7 +325,16 @@ static int on_get(void *arg, int src, uint8_t id, const void *hdr, size_t hl, co
     }
     if (dsm_credit_received(src, DSM_CHAN_REQ) != DSM_OK)
         return DSM_EPROTO;
+    uint64_t ft = __builtin_expect(__atomic_load_n(&dsm_ft_on, __ATOMIC_RELAXED), 0) && id == DSM_AM_GETS
+                      ? dsm_ft_now() : 0;
     dsm_dir_request(p, src, id == DSM_AM_GETM ? DSM_PG_M : DSM_PG_S);
+    if (ft) {
+        /* DSM_STATS=2: arrival to reply sent (or queued) */
+        uint64_t out = dsm_ft_now();
+        dsm_ft_add(DSM_FT_HOME, out - ft);
+        dsm_ft_pages[p].home_in = ft;
+        dsm_ft_pages[p].home_out = out;
+    }
     return DSM_OK;
 }
 

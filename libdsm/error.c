@@ -8,6 +8,19 @@
 #include "libdsm/error.h"
 
 static _Thread_local int last_error;
+static void (*error_handler)(int err, int node);
+
+DSM_API void dsm_set_error_handler(void (*fn)(int err, int node))
+{
+    __atomic_store_n(&error_handler, fn, __ATOMIC_RELEASE);
+}
+
+void dsm_error_handler_run(int err, int node)
+{
+    void (*fn)(int, int) = __atomic_load_n(&error_handler, __ATOMIC_ACQUIRE);
+    if (fn)
+        fn(err, node);
+}
 
 void dsm_set_last_error(int status)
 {

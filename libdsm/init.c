@@ -20,11 +20,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "dsm.h"
 #include "libdsm/coh.h"
 #include "libdsm/core.h"
 #include "libdsm/error.h"
+#include "libdsm/heartbeat.h"
 #include "libdsm/log.h"
+#include "libdsm/secret.h"
 #include "libdsm/wait.h"
 #include "libdsm/stats.h"
 #include "migrate/mig.h"
@@ -169,6 +173,7 @@ __attribute__((noreturn)) void dsm_fail_stop(int node, const char *reason)
         for (int i = 0; i < core.ntp; i++)
             if (core.tp[i].used && core.tp[i].tp)
                 core.tp[i].ops->tell_lost(core.tp[i].tp, node);
+    dsm_error_handler_run(node >= 0 ? DSM_ENODE : DSM_EPROTO, node);
     if (core.boot.note_abort && core.boot.priv)
         core.boot.note_abort(&core.boot, msg);
     _exit(1);
@@ -834,8 +839,24 @@ static int ranks_on_this_host(void)
 
 /* ---- init and finalize ---- */
 
+/* The job secret every connection proves (DESIGN.md 4.7); zeroed at teardown. */
+static uint8_t job_secret[DSM_AUTH_KEY_SIZE];
+
+const uint8_t *dsm_core_secret(void)
+{
+    return core.services.secret;
+}
+
+int dsm_core_peer_left(int peer)
+{
+    if (!core.up || peer < 0 || peer >= core.size || peer == core.rank || !core.peer_tp)
+        return 0;
+    return PEER_TP(peer)->ops->peer_left(PEER_TP(peer)->tp, peer);
+}
+
 static void teardown(int clean)
 {
+    dsm_hb_stop();
     __atomic_store_n(&core.progress_stop, 1, __ATOMIC_RELEASE);
     for (int i = 0; i < core.nprogress; i++)
         pthread_join(core.progress[i], NULL);
@@ -860,6 +881,8 @@ static void teardown(int clean)
     core.up = 0;
     core.finalizing = 0;
     core.rank = core.size = -1;
+    core.services.secret = NULL;
+    sodium_memzero(job_secret, sizeof job_secret);
     dsm_log_set_rank(-1);
 }
 
@@ -913,6 +936,11 @@ DSM_API int dsm_init_version(int api_version, int *argc, char ***argv)
         .setting = core_setting,
         .may_allocate = core_may_allocate,
     };
+    if (core.size > 1 && core.cfg.auth) {
+        if ((rc = dsm_secret_obtain(&core.cfg, &core.boot, job_secret, err, sizeof err)))
+            goto fail;
+        core.services.secret = job_secret;
+    }
     dsm_debug("joined job %016llx as rank %d of %d through %s", (unsigned long long)core.boot.job_id, core.rank,
               core.size, core.boot.name);
 
@@ -924,7 +952,8 @@ DSM_API int dsm_init_version(int api_version, int *argc, char ***argv)
     if ((rc = dsm_barrier_setup()) || (rc = dsm_region_reserve()) || (rc = dsm_alloc_setup()) ||
         (rc = dsm_pg_setup()) || (rc = dsm_dir_setup()) || (rc = dsm_lock_setup()) ||
         (rc = dsm_stats_setup()) || (rc = dsm_malloc_setup()) ||
-        (rc = dsm_credit_setup(core.size)) || (rc = dsm_mig_setup())) {
+        (rc = dsm_credit_setup(core.size)) || (rc = dsm_mig_setup()) ||
+        (rc = dsm_hb_setup(core.rank, core.size, core.cfg.timeout_s))) {
         snprintf(err, sizeof err, "%s", dsm_strerror(rc));
         goto fail;
     }
@@ -934,8 +963,8 @@ DSM_API int dsm_init_version(int api_version, int *argc, char ***argv)
     } else {
         if ((rc = tp_select(err, sizeof err)))
             goto fail;
-        if ((rc = progress_start()) != DSM_OK) {
-            snprintf(err, sizeof err, "cannot start a progress thread");
+        if ((rc = progress_start()) != DSM_OK || (rc = dsm_hb_start()) != DSM_OK) {
+            snprintf(err, sizeof err, "cannot start a progress or heartbeat thread");
             goto fail;
         }
     }
@@ -967,6 +996,8 @@ DSM_API int dsm_finalize(void)
     int rc = dsm_barrier();
     pthread_mutex_lock(&core.lock);
     core.finalizing = 1;
+    /* No heartbeat may follow this node's bye, and peers that said bye send none. */
+    dsm_hb_stop();
     /* Say bye on every connection, then wait for every peer's bye: all their earlier messages are then in. */
     for (int p = 0; rc == DSM_OK && p < core.size; p++)
         if (p != core.rank)

@@ -11,7 +11,17 @@
  *   UNLOCK_ACK home -> node  u64 offset: gives the release credit back
  *   LOCK_RESET node -> home  u64 offset (REL; answered by UNLOCK_ACK): dsm_lock_init and dsm_lock_destroy
  *          forget whatever state the home kept for that address (a lock destroyed while held, memory reused)
- * LOCK_REQ travels on the REQ channel: a waiting request holds its credit until the grant.
+ *   SYNC_WAIT node -> home u64 offset, u64 cookie, u8 kind, u64 arg: a thread waits at a dsm_barrier_t (arg: its
+ *          count) or a dsm_cond_t (arg: the sequence number it read under the lock); answered by LOCK_GRANT
+ *          (granted 0: usage error, e.g. counts that differ)
+ *   COND_SIGNAL node -> home u64 offset, u64 seq, u8 all (REL; answered by UNLOCK_ACK)
+ * LOCK_REQ and SYNC_WAIT travel on the REQ channel: a waiting request holds its credit until the grant.
+ *
+ * The same table keeps barriers and condition variables (kind tells them apart). A barrier's home counts the
+ * arrivals of a generation and wakes them all at the count. A condition variable's sequence number is a word of
+ * the dsm_cond_t, bumped by dsm_fetch_add at each signal: a waiter reads it before it unlocks, so a signal its
+ * wait has not reached the home yet carries a larger number and the home wakes the late waiter at once (a
+ * spurious wake-up, as pthreads allows) rather than losing the signal.
  *
  * Data written under the lock reaches the next holder through coherence: the writer's pages are recalled from
  * it when the next holder touches them, after its unlock message was sent.
@@ -34,9 +44,26 @@
 #define LOCK_MAGIC 0x016b636f6c6d7364ull /* "dsmlock\1" */
 #define LOCK_CREATED 1u
 
-enum { AM_LOCK_REQ = 20, AM_LOCK_GRANT = 21, AM_UNLOCK = 22, AM_UNLOCK_ACK = 23, AM_LOCK_RESET = 24 };
+#define BARRIER_MAGIC 0x0172626d7364ull   /* "dsmbr\1" */
+#define COND_MAGIC 0x01646e6f636d7364ull  /* "dsmcond\1" */
+
+enum { AM_LOCK_REQ = 20, AM_LOCK_GRANT = 21, AM_UNLOCK = 22, AM_UNLOCK_ACK = 23, AM_LOCK_RESET = 24,
+       AM_SYNC_WAIT = 25, AM_COND_SIGNAL = 26 };
+enum { KIND_LOCK = 0, KIND_BARRIER = 1, KIND_COND = 2 };
 
 _Static_assert(sizeof(dsm_lock_t) <= 40, "dsm_lock_t must fit in a pthread_mutex_t");
+_Static_assert(sizeof(dsm_barrier_t) <= 32, "dsm_barrier_t must fit in a pthread_barrier_t");
+_Static_assert(sizeof(dsm_cond_t) <= 48, "dsm_cond_t must fit in a pthread_cond_t");
+
+struct bar { /* the view of a dsm_barrier_t's bytes */
+    uint64_t magic;
+    uint64_t count;
+};
+
+struct cnd { /* the view of a dsm_cond_t's bytes */
+    uint64_t magic;
+    uint64_t seq; /* signals so far; changed only with dsm_fetch_add */
+};
 
 struct lk { /* the view of a dsm_lock_t's bytes */
     uint64_t magic;
@@ -49,13 +76,17 @@ struct waiter {
     struct waiter *next;
     int node;
     uint64_t cookie;
+    uint64_t seq; /* a condition variable's waiter: the sequence number it read */
 };
 
 struct hlock {
     struct hlock *next;
     uint64_t off;
+    int kind;
     int held;
     int holder;
+    uint64_t count;   /* barrier: its count (0 until the first arrival); cond: the largest sequence signaled */
+    uint64_t arrived; /* barrier: arrivals in this generation */
     struct waiter *head, *tail;
 };
 
@@ -63,7 +94,8 @@ struct hlock {
 static struct hlock *table[HBUCKETS];
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static struct hlock *hlock_find(uint64_t off, int create)
+/* The state kept for the object at off, created (of that kind) when create is set. */
+static struct hlock *hlock_find(uint64_t off, int create, int kind)
 {
     struct hlock **b = &table[(off >> 3) % HBUCKETS];
     for (struct hlock *h = *b; h; h = h->next)
@@ -75,6 +107,7 @@ static struct hlock *hlock_find(uint64_t off, int create)
     if (!h)
         dsm_fail_stop(-1, "out of memory for a lock's queue");
     h->off = off;
+    h->kind = kind;
     h->next = *b;
     *b = h;
     return h;
@@ -82,10 +115,41 @@ static struct hlock *hlock_find(uint64_t off, int create)
 
 static void send_grant(int node, uint64_t off, uint64_t cookie, int granted);
 
+static void queue_waiter(struct hlock *h, int src, uint64_t cookie, uint64_t seq)
+{
+    struct waiter *w = calloc(1, sizeof *w);
+    if (!w)
+        dsm_fail_stop(-1, "out of memory for a lock's queue");
+    w->node = src;
+    w->cookie = cookie;
+    w->seq = seq;
+    if (h->tail)
+        h->tail->next = w;
+    else
+        h->head = w;
+    h->tail = w;
+}
+
+static const char *const kind_name[] = {"lock", "barrier", "condition variable"};
+
+/* An object used as another kind than the one its home knows it as (a lock's memory waited on as a barrier). */
+static int kind_mismatch(const struct hlock *h, int src, int kind)
+{
+    if (h->kind == kind)
+        return 0;
+    dsm_err("node %d used the %s at %p as a %s", src, kind_name[h->kind], (void *)(dsm_region.app + h->off),
+            kind_name[kind]);
+    return 1;
+}
+
 /* A request at the home. Table locked. */
 static void home_request(int src, uint64_t off, uint64_t cookie, int try_only)
 {
-    struct hlock *h = hlock_find(off, 1);
+    struct hlock *h = hlock_find(off, 1, KIND_LOCK);
+    if (kind_mismatch(h, src, KIND_LOCK)) {
+        send_grant(src, off, cookie, 0);
+        return;
+    }
     if (!h->held) {
         h->held = 1;
         h->holder = src;
@@ -96,23 +160,78 @@ static void home_request(int src, uint64_t off, uint64_t cookie, int try_only)
         send_grant(src, off, cookie, 0);
         return;
     }
-    struct waiter *w = calloc(1, sizeof *w);
-    if (!w)
-        dsm_fail_stop(-1, "out of memory for a lock's queue");
-    w->node = src;
-    w->cookie = cookie;
-    if (h->tail)
-        h->tail->next = w;
-    else
-        h->head = w;
-    h->tail = w;
+    queue_waiter(h, src, cookie, 0);
+}
+
+/* Wake every waiter of h whose sequence number is below seq (all of them for a barrier); only the first when
+ * one_only. Table locked. */
+static void wake_waiters(struct hlock *h, uint64_t seq, int one_only)
+{
+    struct waiter **wp = &h->head, *last = NULL;
+    while (*wp) {
+        struct waiter *w = *wp;
+        if (w->seq >= seq) {
+            last = w;
+            wp = &w->next;
+            continue;
+        }
+        *wp = w->next;
+        send_grant(w->node, h->off, w->cookie, 1);
+        free(w);
+        if (one_only)
+            break;
+    }
+    /* The tail is the last waiter kept, or stays when the loop stopped early. */
+    if (!*wp)
+        h->tail = last;
+}
+
+/* A thread waits at a barrier or a condition variable. Table locked. */
+static void home_sync_wait(int src, uint64_t off, uint64_t cookie, int kind, uint64_t arg)
+{
+    struct hlock *h = hlock_find(off, 1, kind);
+    if (kind_mismatch(h, src, kind)) {
+        send_grant(src, off, cookie, 0);
+        return;
+    }
+    if (kind == KIND_COND) {
+        if (h->count > arg) /* signaled after the waiter read the sequence: wake it now */
+            send_grant(src, off, cookie, 1);
+        else
+            queue_waiter(h, src, cookie, arg);
+        return;
+    }
+    if (h->arrived == 0)
+        h->count = arg;
+    if (arg != h->count) {
+        dsm_err("node %d waits at the barrier at %p with count %llu, others with %llu", src,
+                (void *)(dsm_region.app + off), (unsigned long long)arg, (unsigned long long)h->count);
+        send_grant(src, off, cookie, 0);
+        return;
+    }
+    queue_waiter(h, src, cookie, 0);
+    if (++h->arrived == h->count) {
+        h->arrived = 0;
+        wake_waiters(h, 1, 0);
+    }
+}
+
+/* A signal (or broadcast) of a condition variable: seq is the number it took. Table locked. */
+static void home_signal(int src, uint64_t off, uint64_t seq, int all)
+{
+    struct hlock *h = hlock_find(off, 1, KIND_COND);
+    if (kind_mismatch(h, src, KIND_COND))
+        return;
+    if (seq > h->count)
+        h->count = seq;
+    wake_waiters(h, seq, !all);
 }
 
 /* Table locked. Returns 0, or -1 when src does not hold the lock. */
 static int home_unlock(int src, uint64_t off)
 {
-    struct hlock *h = hlock_find(off, 0);
-    if (!h || !h->held || h->holder != src)
+    struct hlock *h = hlock_find(off, 0, KIND_LOCK);
+    if (!h || h->kind != KIND_LOCK || !h->held || h->holder != src)
         return -1;
     struct waiter *w = h->head;
     if (!w) {
@@ -138,8 +257,8 @@ static void home_reset(uint64_t off)
         if (h->off != off)
             continue;
         if (h->held || h->head)
-            dsm_warn("lock at %p initialized or destroyed while held (node %d) or waited for; its state is dropped",
-                     (void *)(dsm_region.app + off), h->holder);
+            dsm_warn("%s at %p initialized or destroyed while held (node %d) or waited for; its state is dropped",
+                     kind_name[h->kind], (void *)(dsm_region.app + off), h->holder);
         *hp = h->next;
         while (h->head) {
             struct waiter *w = h->head;
@@ -161,7 +280,7 @@ static struct slot {
     int busy;
     uint64_t off;      /* what was asked, so a grant must match it */
     int home;
-    int try_only;
+    int try_only; /* a trylock, a barrier or a cond wait: a refusal (granted 0) is a valid answer */
 } slots[SLOTS];
 static uint32_t slots_freed; /* futex word: bumped when a slot is released */
 static pthread_mutex_t slot_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -367,13 +486,55 @@ static int on_grant(void *arg, int src, uint8_t id, const void *hdr, size_t hl, 
     return DSM_OK;
 }
 
+static int on_sync_wait(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *p, size_t len)
+{
+    (void)arg;
+    (void)id;
+    (void)p;
+    const uint8_t *h = hdr;
+    uint64_t off;
+    if (hl != 25 || len || !lock_off(hdr, dsm_core_rank(), &off) || (h[16] != KIND_BARRIER && h[16] != KIND_COND) ||
+        (h[16] == KIND_BARRIER && (dsm_le64_get(h + 17) == 0 || dsm_le64_get(h + 17) > UINT32_MAX))) {
+        dsm_err("malformed barrier or condition wait from node %d", src);
+        return DSM_EPROTO;
+    }
+    if (dsm_credit_received(src, DSM_CHAN_REQ) != DSM_OK)
+        return DSM_EPROTO;
+    pthread_mutex_lock(&table_lock);
+    home_sync_wait(src, off, dsm_le64_get(h + 8), h[16], dsm_le64_get(h + 17));
+    pthread_mutex_unlock(&table_lock);
+    return DSM_OK;
+}
+
+static int on_cond_signal(void *arg, int src, uint8_t id, const void *hdr, size_t hl, const void *p, size_t len)
+{
+    (void)arg;
+    (void)id;
+    (void)p;
+    const uint8_t *h = hdr;
+    uint64_t off;
+    if (hl != 17 || len || !lock_off(hdr, dsm_core_rank(), &off) || h[16] > 1) {
+        dsm_err("malformed condition signal from node %d", src);
+        return DSM_EPROTO;
+    }
+    if (dsm_credit_received(src, DSM_CHAN_REL) != DSM_OK)
+        return DSM_EPROTO;
+    pthread_mutex_lock(&table_lock);
+    home_signal(src, off, dsm_le64_get(h + 8), h[16]);
+    pthread_mutex_unlock(&table_lock);
+    dsm_credit_answered(src, DSM_CHAN_REL);
+    return dsm_am_send(src, AM_UNLOCK_ACK, hdr, 8, NULL, 0);
+}
+
 int dsm_lock_setup(void)
 {
     int rc;
     if ((rc = dsm_am_register(AM_LOCK_REQ, on_lock_req, NULL)) || (rc = dsm_am_register(AM_UNLOCK, on_release, NULL)) ||
         (rc = dsm_am_register(AM_LOCK_GRANT, on_grant, NULL)) ||
         (rc = dsm_am_register(AM_UNLOCK_ACK, on_unlock_ack, NULL)) ||
-        (rc = dsm_am_register(AM_LOCK_RESET, on_release, NULL)))
+        (rc = dsm_am_register(AM_LOCK_RESET, on_release, NULL)) ||
+        (rc = dsm_am_register(AM_SYNC_WAIT, on_sync_wait, NULL)) ||
+        (rc = dsm_am_register(AM_COND_SIGNAL, on_cond_signal, NULL)))
         return rc;
     return DSM_OK;
 }
@@ -449,7 +610,8 @@ static int lock_common(dsm_lock_t *l, int try_only)
     int home, rc = lock_where(l, &off, &home);
     if (rc)
         return rc;
-    int i = slot_get(off, home, try_only);
+    /* Any request may be refused: a trylock of a held lock, or memory the home knows as a barrier or cond. */
+    int i = slot_get(off, home, 1);
     uint64_t cookie = (uint64_t)slots[i].gen << 32 | (uint32_t)i;
     if (home == dsm_core_rank()) {
         pthread_mutex_lock(&table_lock);
@@ -469,7 +631,7 @@ static int lock_common(dsm_lock_t *l, int try_only)
     slot_put(i);
     if (granted && held_add(off) != DSM_OK)
         dsm_fail_stop(-1, "out of memory for the list of held locks");
-    return granted ? DSM_OK : DSM_EBUSY;
+    return granted ? DSM_OK : try_only ? DSM_EBUSY : DSM_EINVAL;
 }
 
 DSM_API int dsm_lock(dsm_lock_t *l)
@@ -540,4 +702,168 @@ DSM_API dsm_lock_t *dsm_lock_create(void)
         return NULL;
     }
     return l;
+}
+
+/* ---- thread-level barriers and condition variables ---- */
+
+/* Check an object of shared memory (8-byte aligned, its first word = magic) and find its offset and home. */
+static int object_where(const void *o, uint64_t magic, uint64_t *off_p, int *home_p)
+{
+    size_t p;
+    if (dsm_core_size() < 1)
+        return DSM_ENOTINIT;
+    if (!o || (uintptr_t)o % 8 || !dsm_region_page(o, &p))
+        return DSM_EINVAL;
+    if (*(const volatile uint64_t *)o != magic)
+        return DSM_EINVAL;
+    *off_p = (uint64_t)((uintptr_t)o - (uintptr_t)dsm_region.app);
+    *home_p = dsm_page_home(p);
+    return DSM_OK;
+}
+
+/* Fill the first words of an object (rest zero) and make its home forget any earlier state there. */
+static int object_init(void *o, size_t size, uint64_t magic, uint64_t second)
+{
+    size_t p;
+    if (dsm_core_size() < 1)
+        return DSM_ENOTINIT;
+    if (!o || (uintptr_t)o % 8 || !dsm_region_page(o, &p) || !dsm_region_page((char *)o + size - 1, &p))
+        return DSM_EINVAL;
+    memset(o, 0, size);
+    ((volatile uint64_t *)o)[1] = second;
+    ((volatile uint64_t *)o)[0] = magic;
+    dsm_region_page(o, &p);
+    reset_at_home((uint64_t)((uintptr_t)o - (uintptr_t)dsm_region.app), dsm_page_home(p));
+    return DSM_OK;
+}
+
+/* Queue a wait at the home; returns the slot to wait on. */
+static int sync_wait_send(uint64_t off, int home, int kind, uint64_t arg)
+{
+    int i = slot_get(off, home, 1);
+    uint64_t cookie = (uint64_t)slots[i].gen << 32 | (uint32_t)i;
+    if (home == dsm_core_rank()) {
+        pthread_mutex_lock(&table_lock);
+        home_sync_wait(home, off, cookie, kind, arg);
+        pthread_mutex_unlock(&table_lock);
+        return i;
+    }
+    uint8_t h[25];
+    dsm_le64_put(h, off);
+    dsm_le64_put(h + 8, cookie);
+    h[16] = (uint8_t)kind;
+    dsm_le64_put(h + 17, arg);
+    if (dsm_chan_send(home, DSM_CHAN_REQ, AM_SYNC_WAIT, h, sizeof h, NULL, 0) != DSM_OK)
+        dsm_fail_stop(home, "cannot send a barrier or condition wait");
+    return i;
+}
+
+/* Wait for the home's answer in slot i: DSM_OK when woken, DSM_EINVAL when refused. */
+static int sync_wait_slot(int i)
+{
+    while (!__atomic_load_n(&slots[i].done, __ATOMIC_ACQUIRE))
+        dsm_wait_change(&slots[i].done, 0, 1000);
+    int granted = slots[i].granted;
+    slot_put(i);
+    return granted ? DSM_OK : DSM_EINVAL;
+}
+
+DSM_API int dsm_barrier_init(dsm_barrier_t *b, unsigned count)
+{
+    if (count == 0)
+        return DSM_EINVAL;
+    return object_init(b, sizeof *b, BARRIER_MAGIC, count);
+}
+
+DSM_API int dsm_barrier_wait(dsm_barrier_t *b)
+{
+    uint64_t off;
+    int home, rc = object_where(b, BARRIER_MAGIC, &off, &home);
+    if (rc)
+        return rc;
+    uint64_t count = ((const volatile struct bar *)b)->count;
+    return sync_wait_slot(sync_wait_send(off, home, KIND_BARRIER, count));
+}
+
+DSM_API int dsm_barrier_destroy(dsm_barrier_t *b)
+{
+    uint64_t off;
+    int home, rc = object_where(b, BARRIER_MAGIC, &off, &home);
+    if (rc)
+        return rc;
+    ((volatile struct bar *)b)->magic = 0;
+    reset_at_home(off, home);
+    return DSM_OK;
+}
+
+DSM_API int dsm_cond_init(dsm_cond_t *c)
+{
+    return object_init(c, sizeof *c, COND_MAGIC, 0);
+}
+
+DSM_API int dsm_cond_wait(dsm_cond_t *c, dsm_lock_t *l)
+{
+    uint64_t off, loff;
+    int home, lhome, rc = object_where(c, COND_MAGIC, &off, &home);
+    if (rc || (rc = lock_where(l, &loff, &lhome)))
+        return rc;
+    /* The caller must hold l: then no signal can come between reading seq and the unlock unseen. */
+    pthread_mutex_lock(&held_lock);
+    int holds = 0;
+    for (size_t k = 0; k < nheld && !holds; k++)
+        holds = held[k] == loff;
+    pthread_mutex_unlock(&held_lock);
+    if (!holds)
+        return DSM_EINVAL;
+    uint64_t seq = ((const volatile struct cnd *)c)->seq;
+    int i = sync_wait_send(off, home, KIND_COND, seq);
+    if ((rc = dsm_unlock(l)))
+        return rc; /* another thread of this node unlocked l meanwhile (a usage error): slot i stays taken */
+    int woke = sync_wait_slot(i);
+    if ((rc = dsm_lock(l)))
+        return rc;
+    return woke;
+}
+
+static int cond_wake(dsm_cond_t *c, int all)
+{
+    uint64_t off;
+    int home, rc = object_where(c, COND_MAGIC, &off, &home);
+    if (rc)
+        return rc;
+    uint64_t seq = dsm_fetch_add(&((struct cnd *)c)->seq, 1) + 1;
+    if (home == dsm_core_rank()) {
+        pthread_mutex_lock(&table_lock);
+        home_signal(home, off, seq, all);
+        pthread_mutex_unlock(&table_lock);
+        return DSM_OK;
+    }
+    uint8_t h[17];
+    dsm_le64_put(h, off);
+    dsm_le64_put(h + 8, seq);
+    h[16] = (uint8_t)all;
+    if (dsm_chan_send(home, DSM_CHAN_REL, AM_COND_SIGNAL, h, sizeof h, NULL, 0) != DSM_OK)
+        dsm_fail_stop(home, "cannot send a condition signal");
+    return DSM_OK;
+}
+
+DSM_API int dsm_cond_signal(dsm_cond_t *c)
+{
+    return cond_wake(c, 0);
+}
+
+DSM_API int dsm_cond_broadcast(dsm_cond_t *c)
+{
+    return cond_wake(c, 1);
+}
+
+DSM_API int dsm_cond_destroy(dsm_cond_t *c)
+{
+    uint64_t off;
+    int home, rc = object_where(c, COND_MAGIC, &off, &home);
+    if (rc)
+        return rc;
+    ((volatile struct cnd *)c)->magic = 0;
+    reset_at_home(off, home);
+    return DSM_OK;
 }

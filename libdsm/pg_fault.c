@@ -98,15 +98,43 @@ int dsm_pg_in_fault(void)
     return in_fault;
 }
 
+/* DSM_STATS=2: the phases of a read miss this thread sent, from the stamps of dsm_pg_grant. */
+static void ft_account(size_t p, uint64_t entry, uint64_t presend, uint64_t sent, uint64_t woken)
+{
+    struct dsm_ft_page *s = &dsm_ft_pages[p];
+    uint64_t grant = __atomic_load_n(&s->grant, __ATOMIC_ACQUIRE), filled = s->filled, prot = s->prot;
+    if (grant < presend || prot < grant || woken < prot)
+        return;  /* another thread's grant of this page: not this miss */
+    dsm_ft_add(DSM_FT_REQUEST, presend - entry);
+    /* The grant may arrive while the send call has not returned yet (a loaded host). */
+    dsm_ft_add(DSM_FT_SEND, (sent < grant ? sent : grant) - presend);
+    dsm_ft_add(DSM_FT_WIRE, grant - presend);
+    dsm_ft_add(DSM_FT_COPY, filled - grant);
+    dsm_ft_add(DSM_FT_PROTECT, prot - filled);
+    dsm_ft_add(DSM_FT_WAKE, woken - prot);
+    uint64_t done = dsm_ft_now();
+    dsm_ft_add(DSM_FT_TOTAL, done - entry);
+    s->entry = entry;
+    s->presend = presend;
+    s->sent = sent;
+    s->woken = woken;
+    s->done = done;
+}
+
 void dsm_pg_fault(size_t p, int write)
 {
     struct pg *g = &pgs[p];
     int need = write ? DSM_PG_M : DSM_PG_S;
     int timeout_ms = dsm_core_config()->timeout_s * 1000;
+    /* Read-miss timing (DSM_STATS=2): stamps of a miss this thread sent from Invalid. */
+    int ft = __builtin_expect(__atomic_load_n(&dsm_ft_on, __ATOMIC_RELAXED), 0) && in_fault && !write;
+    uint64_t ft_entry = ft ? dsm_ft_now() : 0, ft_presend = 0, ft_sent = 0, ft_woken = 0;
     for (;;) {
         pg_lock(g);
         if (g->state >= need) {
             pg_unlock(g);
+            if (ft_sent)
+                ft_account(p, ft_entry, ft_presend, ft_sent, ft_woken);
             return;
         }
         uint32_t seq = __atomic_load_n(&g->seq, __ATOMIC_ACQUIRE);
@@ -116,9 +144,15 @@ void dsm_pg_fault(size_t p, int write)
             send = 1;
             dsm_ctr_inc(!write ? DSM_CTR_READ_FAULT : g->state == DSM_PG_S ? DSM_CTR_UPGRADE : DSM_CTR_WRITE_FAULT);
         }
+        int from_invalid = g->state == DSM_PG_I;
         pg_unlock(g);
+        int ft_this = ft && send && from_invalid && !ft_sent;
+        if (ft_this)
+            ft_presend = dsm_ft_now();
         if (send)
             send_request(p, need);
+        if (ft_this)
+            ft_sent = dsm_ft_now();
         /* Wait for the grant (or any change); a home that stays silent for DSM_TIMEOUT is lost. */
         int waited = 0;
         while (__atomic_load_n(&g->seq, __ATOMIC_ACQUIRE) == seq) {
@@ -127,6 +161,8 @@ void dsm_pg_fault(size_t p, int write)
             if (dsm_wait_change(&g->seq, seq, 100) < 0)
                 waited += 100;
         }
+        if (ft_sent && !ft_woken)
+            ft_woken = dsm_ft_now();
     }
 }
 
@@ -151,6 +187,7 @@ void dsm_pg_prefetch(size_t first, size_t n, int write)
 int dsm_pg_grant(size_t p, int mode, const void *data, int placed)
 {
     struct pg *g = &pgs[p];
+    uint64_t ft_grant = __builtin_expect(__atomic_load_n(&dsm_ft_on, __ATOMIC_RELAXED), 0) ? dsm_ft_now() : 0;
     pg_lock(g);
     if (!g->want || mode < g->want ||
         (!data && !placed && g->state == DSM_PG_I && dsm_page_home(p) != dsm_core_rank())) {
@@ -162,7 +199,14 @@ int dsm_pg_grant(size_t p, int mode, const void *data, int placed)
         memcpy(dsm_region.sys + (p << DSM_PAGE_SHIFT), data, DSM_PAGE_SIZE);
     if (data || placed)
         dsm_ctr_inc(DSM_CTR_PAGE_IN);
+    uint64_t ft_filled = ft_grant ? dsm_ft_now() : 0;
     protect(p, mode);
+    if (ft_grant) {
+        struct dsm_ft_page *s = &dsm_ft_pages[p];
+        s->filled = ft_filled;
+        s->prot = dsm_ft_now();
+        __atomic_store_n(&s->grant, ft_grant, __ATOMIC_RELEASE);
+    }
     g->state = (uint8_t)mode;
     g->want = 0;
     pg_changed(g);

@@ -35,7 +35,7 @@ const struct dsm_setting dsm_settings[] = {
     {"DSM_MODULE_PATH", NULL,
      "directory the rdma module dsm_tp_rdma.so is loaded from (default: the package library directory)"},
     {"DSM_LOG_LEVEL", "warn", "log verbosity: error, warn, info, debug, trace"},
-    {"DSM_STATS", "0", "1: print per-node counters (messages, faults, pages, invalidations) and the most moved pages at dsm_finalize"},
+    {"DSM_STATS", "0", "1: print per-node counters (messages, faults, pages, invalidations) and the most moved pages at dsm_finalize; 2: also the time of each phase of a read miss"},
     {"DSM_WAIT", "adaptive",
      "how a thread waits for a reply: spin, block, adaptive (spin briefly, then sleep); block when this host runs more ranks than it has cores"},
     {"DSM_TIMEOUT", "30", "seconds without progress before a peer or the rendezvous is declared lost"},
@@ -44,6 +44,11 @@ const struct dsm_setting dsm_settings[] = {
     {"DSM_RANK", NULL, "bootstrap by hand: this process's rank (set by dsmrun)"},
     {"DSM_SIZE", NULL, "bootstrap by hand: number of processes (set by dsmrun)"},
     {"DSM_COORD", NULL, "bootstrap by hand: host:port of the rendezvous served by dsmrun (set by dsmrun)"},
+    {"DSM_AUTH", "on",
+     "on: every connection proves knowledge of the job secret (HMAC challenge-response); off: no secret (trusted networks only)"},
+    {"DSM_SECRET_FILE", NULL,
+     "file whose contents are the job secret, mode 0600 or 0400 (mpirun, srun, ranks started by hand; dsmrun passes its own)"},
+    {"DSM_SECRET_FD", NULL, "descriptor of the job secret inherited from dsmrun (set by dsmrun)"},
 };
 const size_t dsm_nsettings = sizeof dsm_settings / sizeof dsm_settings[0];
 
@@ -224,7 +229,7 @@ int dsm_config_parse(dsm_config_t *cfg, dsm_getenv_fn_t get, char *err, size_t l
     if ((v = get("DSM_TIMEOUT")) && (rc = parse_int_range("DSM_TIMEOUT", v, 1, 86400, &cfg->timeout_s, err, len)))
         return rc;
 
-    if ((v = get("DSM_STATS")) && (rc = parse_int_range("DSM_STATS", v, 0, 1, &cfg->stats, err, len)))
+    if ((v = get("DSM_STATS")) && (rc = parse_int_range("DSM_STATS", v, 0, 2, &cfg->stats, err, len)))
         return rc;
 
     cfg->base = DEF_BASE;
@@ -242,6 +247,21 @@ int dsm_config_parse(dsm_config_t *cfg, dsm_getenv_fn_t get, char *err, size_t l
                     "DSM_BASE=0x%llx with DSM_HEAP_SIZE=%llu does not fit in user address space [0x%llx, 0x%llx)",
                     (unsigned long long)cfg->base, (unsigned long long)cfg->heap_size,
                     (unsigned long long)USER_BOTTOM, (unsigned long long)USER_TOP);
+
+    cfg->auth = 1;
+    if ((v = get("DSM_AUTH"))) {
+        if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0)
+            return fail(err, len, "DSM_AUTH='%s' is not valid (valid: on, off)", v);
+        cfg->auth = strcmp(v, "on") == 0;
+    }
+    if ((v = get("DSM_SECRET_FILE"))) {
+        if (!*v || strlen(v) >= sizeof cfg->secret_file)
+            return fail(err, len, "DSM_SECRET_FILE='%s' is not valid (valid: the path of a file of mode 0600)", v);
+        strcpy(cfg->secret_file, v);
+    }
+    cfg->secret_fd = -1;
+    if ((v = get("DSM_SECRET_FD")) && (rc = parse_int_range("DSM_SECRET_FD", v, 3, 1 << 20, &cfg->secret_fd, err, len)))
+        return rc;
 
     cfg->rank = cfg->size = -1;
     const char *r = get("DSM_RANK"), *s = get("DSM_SIZE"), *c = get("DSM_COORD");

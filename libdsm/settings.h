@@ -36,6 +36,9 @@ typedef struct dsm_config {
     int wait_mode;           /* DSM_WAIT_*, or -1 when unset (chosen at init from the ranks per host) */
     uint64_t base;
     uint64_t heap_size;
+    int auth;                /* DSM_AUTH: 1 on (default), 0 off */
+    char secret_file[256];   /* DSM_SECRET_FILE, empty when unset */
+    int secret_fd;           /* DSM_SECRET_FD (from dsmrun), -1 when unset */
     /* Bootstrap by hand: rank/size are -1 and coord empty when unset. */
     int rank;
     int size;

@@ -18,11 +18,35 @@
 uint64_t dsm_ctr[DSM_CTR_MAX];
 static uint32_t *moves; /* [npages] */
 static size_t nmoves;
+int dsm_ft_on;
+uint64_t dsm_ft_ns[DSM_FT_MAX], dsm_ft_n[DSM_FT_MAX];
+struct dsm_ft_page *dsm_ft_pages; /* [npages] when DSM_STATS=2 */
+
+void dsm_ft_get(uint64_t ns[DSM_FT_MAX], uint64_t n[DSM_FT_MAX])
+{
+    for (int i = 0; i < DSM_FT_MAX; i++) {
+        if (ns)
+            ns[i] = __atomic_load_n(&dsm_ft_ns[i], __ATOMIC_RELAXED);
+        if (n)
+            n[i] = __atomic_load_n(&dsm_ft_n[i], __ATOMIC_RELAXED);
+    }
+}
 
 int dsm_stats_setup(void)
 {
     memset(dsm_ctr, 0, sizeof dsm_ctr);
+    memset(dsm_ft_ns, 0, sizeof dsm_ft_ns);
+    memset(dsm_ft_n, 0, sizeof dsm_ft_n);
     nmoves = dsm_region.npages;
+    if (dsm_core_config()->stats >= 2) {
+        /* Address space only: pages of it are touched as faults stamp them. */
+        void *t = mmap(NULL, nmoves * sizeof *dsm_ft_pages, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (t == MAP_FAILED)
+            return DSM_ENOMEM;
+        dsm_ft_pages = t;
+        __atomic_store_n(&dsm_ft_on, 1, __ATOMIC_RELEASE);
+    }
     void *m = mmap(NULL, nmoves * sizeof *moves, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                    -1, 0);
     if (m == MAP_FAILED)
@@ -33,6 +57,10 @@ int dsm_stats_setup(void)
 
 void dsm_stats_teardown(void)
 {
+    __atomic_store_n(&dsm_ft_on, 0, __ATOMIC_RELEASE);
+    if (dsm_ft_pages)
+        munmap(dsm_ft_pages, nmoves * sizeof *dsm_ft_pages);
+    dsm_ft_pages = NULL;
     if (moves)
         munmap(moves, nmoves * sizeof *moves);
     moves = NULL;
@@ -89,6 +117,19 @@ void dsm_stats_print(FILE *f, int rank, const char *tp_name)
             (unsigned long long)dsm_ctr_get(DSM_CTR_INV_IN),
             (unsigned long long)dsm_ctr_get(DSM_CTR_INV_OUT), (unsigned long long)dsm_ctr_get(DSM_CTR_RECALL_IN),
             (unsigned long long)dsm_ctr_get(DSM_CTR_MIGRATION));
+    if (dsm_ft_on) {
+        uint64_t ns[DSM_FT_MAX], n[DSM_FT_MAX];
+        dsm_ft_get(ns, n);
+#define FT_US(i_x) (n[i_x] ? (double)ns[i_x] / (double)n[i_x] / 1000.0 : 0.0)
+        fprintf(f,
+                "libdsm[%d] read-miss time, mean of %llu misses: request %.2f us, round trip %.2f us (of which the "
+                "send call %.2f us), copy %.2f us, mprotect %.2f us, wake-up %.2f us, total in the handler %.2f us; "
+                "as home, %llu read requests served in %.2f us each\n",
+                rank, (unsigned long long)n[DSM_FT_TOTAL], FT_US(DSM_FT_REQUEST), FT_US(DSM_FT_WIRE), FT_US(DSM_FT_SEND),
+                FT_US(DSM_FT_COPY), FT_US(DSM_FT_PROTECT), FT_US(DSM_FT_WAKE), FT_US(DSM_FT_TOTAL),
+                (unsigned long long)n[DSM_FT_HOME], FT_US(DSM_FT_HOME));
+#undef FT_US
+    }
     /* The ten pages homed here that moved most. */
     size_t top[10];
     int ntop = 0;

@@ -5,7 +5,9 @@
  *   dsmrun [--tag-output] [--timeout S] -n N prog [args...]
  *   dsmrun --serve HOST:PORT -n N          (only the rendezvous, for ranks started by hand)
  *
- * Ranks get DSM_RANK, DSM_SIZE and DSM_COORD, run with address randomization off (so code addresses agree
+ * Ranks get DSM_RANK, DSM_SIZE and DSM_COORD, and the job secret their connections authenticate with
+ * (DESIGN.md 4.7): 32 random bytes in a sealed memfd they inherit, whose number is in DSM_SECRET_FD (never on a
+ * command line, in the environment or in a file). They run with address randomization off (so code addresses agree
  * across nodes), each in its own process group so the whole group can be stopped. dsmrun forwards SIGINT,
  * SIGTERM, SIGHUP and SIGQUIT; when a rank fails it stops the others (SIGTERM, then SIGKILL after a grace
  * period) and exits with the status of the rank that failed first: its exit code, or 128 + its signal.
@@ -29,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/personality.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -36,6 +39,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <sodium.h>
 
 #include "dsm.h"
 #include "libdsm/rdv_proto.h"
@@ -98,7 +103,8 @@ static struct {
     int64_t kill_at;    /* when to SIGKILL the survivors, 0 = not scheduled */
     int absent_rank;    /* a rank that exited without joining, -1 */
     int exit_code;
-} run = {.join_timeout_s = 300, .first_fail = -1, .first_secondary = -1, .absent_rank = -1, .lfd = -1};
+    int secret_fd;      /* sealed memfd of the job secret the ranks inherit, -1 with --serve */
+} run = {.secret_fd = -1, .join_timeout_s = 300, .first_fail = -1, .first_secondary = -1, .absent_rank = -1, .lfd = -1};
 
 static int sigpipe_fd[2] = {-1, -1};
 
@@ -154,7 +160,8 @@ static void usage(FILE *f)
             "      --tag-output    prefix every output line with [rank]\n"
             "      --timeout S     stop the job after S seconds (exit status 124)\n"
             "      --serve H:P     only serve the rendezvous at H:P (port 0: any) for N ranks started by hand\n"
-            "                      with DSM_RANK, DSM_SIZE and the DSM_COORD it prints\n"
+            "                      with DSM_RANK, DSM_SIZE, the DSM_COORD it prints and DSM_SECRET_FILE (a file of\n"
+            "                      mode 0600 holding the job secret, the same on every node)\n"
             "      --join-timeout S  with --serve: fail when not every rank joined within S seconds (300)\n"
             "  -h, --help          this text\n"
             "  -V, --version       libdsm version\n"
@@ -468,6 +475,12 @@ static void spawn(int r, char **argv)
         snprintf(v, sizeof v, "%d", run.n);
         setenv("DSM_SIZE", v, 1);
         setenv("DSM_COORD", run.coord, 1);
+        if (run.secret_fd >= 0) {
+            /* Inherited across exec by this rank only; libdsm reads and closes it. */
+            fcntl(run.secret_fd, F_SETFD, 0);
+            snprintf(v, sizeof v, "%d", run.secret_fd);
+            setenv("DSM_SECRET_FD", v, 1);
+        }
         /* Same code and data addresses on every node: migration and remote spawn rely on it (DESIGN.md 4.6). */
         int pers = personality(0xffffffff);
         if (pers != -1 && !(pers & ADDR_NO_RANDOMIZE))
@@ -488,6 +501,21 @@ static void spawn(int r, char **argv)
         run.rk[r].out[0].fd = pout[0];
         run.rk[r].out[1].fd = perr[0];
     }
+}
+
+/* The job secret: a memfd no other process can open by name, sealed so a rank cannot change it for the others. */
+static void make_secret(void)
+{
+    uint8_t key[32];
+    if (sodium_init() < 0)
+        die("libsodium cannot start (no entropy source?)");
+    randombytes_buf(key, sizeof key);
+    int fd = memfd_create("dsm-secret", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0 || write(fd, key, sizeof key) != (ssize_t)sizeof key ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0)
+        die("cannot make the job secret: %s", strerror(errno));
+    sodium_memzero(key, sizeof key);
+    run.secret_fd = fd;
 }
 
 static void emit(int to, int r, const char *s, size_t n)
@@ -791,6 +819,8 @@ int main(int argc, char **argv)
 
     if (getrandom(&run.job_id, sizeof run.job_id, 0) != sizeof run.job_id)
         die("getrandom: %s", strerror(errno));
+    if (!run.serve)
+        make_secret();
     run.store = dsm_rdv_store_create();
     run.ncl = 2 * run.n + 8;
     run.cl = calloc((size_t)run.ncl, sizeof *run.cl);

@@ -38,6 +38,7 @@
  * its progress thread there); caps_now, the capabilities of this instance on this device (ATOMIC_GLOB when the
  * device says so; ATOMIC_SELF when atomic() accepts this node's own rank, which the home of a word then uses for
  * its own atomics, so that they are not CPU atomics beside device atomics: DESIGN.md 4.2).
+ * ABI 4 added core->secret: every connection proves knowledge of it before any other message (transport/auth.h).
  */
 #ifndef DSM_TRANSPORT_H
 #define DSM_TRANSPORT_H
@@ -45,7 +46,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DSM_TP_ABI_VERSION 3
+#define DSM_TP_ABI_VERSION 4
 
 /* Largest active-message header and payload every provider must accept. */
 #define DSM_TP_AM_HDR_MAX 256u
@@ -120,6 +121,9 @@ typedef struct dsm_tp_core {
     /* May the calling thread allocate memory? Not inside the page-fault handler (DESIGN.md 4.2): a send from
      * there waits for queue space instead of growing the queue. */
     int (*may_allocate)(void);
+    /* The per-job key (DSM_AUTH_KEY_SIZE bytes) every connection must prove knowledge of (transport/auth.h), or
+     * NULL when authentication is off (DSM_AUTH=off). */
+    const uint8_t *secret;
 } dsm_tp_core_t;
 
 /* Log levels shared with libdsm/log.h. */

@@ -30,6 +30,7 @@ static const struct {
     [DSM_WIRE_LOST] = {4, 4, 0},
     [DSM_WIRE_FRAG] = {0, 0, 1},
     [DSM_WIRE_PAD] = {0, 0, 1},
+    [DSM_WIRE_AUTH] = {DSM_WIRE_AUTH_SIZE, DSM_WIRE_AUTH_SIZE, 0},
 };
 
 void dsm_wire_hdr_enc(uint8_t *out, const dsm_wire_hdr_t *h)
@@ -108,6 +109,8 @@ void dsm_wire_hello_enc(uint8_t *out, const dsm_wire_hello_t *m)
     dsm_le32_put(out + 12, m->dst);
     dsm_le32_put(out + 16, m->size);
     dsm_le32_put(out + 20, m->proto);
+    memcpy(out + 24, m->nonce, sizeof m->nonce);
+    memcpy(out + 56, m->mac, sizeof m->mac);
 }
 
 void dsm_wire_hello_dec(const uint8_t *in, dsm_wire_hello_t *m)
@@ -117,6 +120,8 @@ void dsm_wire_hello_dec(const uint8_t *in, dsm_wire_hello_t *m)
     m->dst = dsm_le32_get(in + 12);
     m->size = dsm_le32_get(in + 16);
     m->proto = dsm_le32_get(in + 20);
+    memcpy(m->nonce, in + 24, sizeof m->nonce);
+    memcpy(m->mac, in + 56, sizeof m->mac);
 }
 
 void dsm_wire_rma_enc(uint8_t *out, const dsm_wire_rma_t *m)

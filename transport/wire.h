@@ -26,13 +26,13 @@
 #include <stdint.h>
 
 #define DSM_WIRE_MAGIC 0x574d5344u /* "DSMW" read as little-endian bytes */
-#define DSM_WIRE_VERSION 1
+#define DSM_WIRE_VERSION 2 /* 2: HELLO carries the nonce and MAC of transport/auth.h; AUTH */
 #define DSM_WIRE_HDR_SIZE 32u
 #define DSM_WIRE_HDR_MAX (24u + 256u) /* PUT_NOTIFY: rma header + the largest AM header */
 
 enum dsm_wire_type {
-    DSM_WIRE_HELLO = 1,      /* connector -> acceptor: dsm_wire_hello */
-    DSM_WIRE_HELLO_ACK = 2,  /* acceptor -> connector: dsm_wire_hello */
+    DSM_WIRE_HELLO = 1,      /* connector -> acceptor: dsm_wire_hello (its nonce; mac zero) */
+    DSM_WIRE_HELLO_ACK = 2,  /* acceptor -> connector: dsm_wire_hello (its nonce and the acceptor's MAC) */
     DSM_WIRE_AM = 3,         /* active message: user header (any length <= max) + payload */
     DSM_WIRE_PUT = 4,        /* dsm_wire_rma + payload; answered by PUT_ACK */
     DSM_WIRE_PUT_ACK = 5,    /* empty */
@@ -45,7 +45,8 @@ enum dsm_wire_type {
     DSM_WIRE_LOST = 12,      /* hdr: uint32 node: the sender lost that node and is failing stop */
     DSM_WIRE_FRAG = 13,      /* shm queues: the next part of the AM before it (payload only) */
     DSM_WIRE_PAD = 14,       /* shm queues: skip payload_len bytes to the end of the ring */
-    DSM_WIRE_TYPE_MAX = 14
+    DSM_WIRE_AUTH = 15,      /* connector -> acceptor: the connector's MAC (DSM_WIRE_AUTH_SIZE bytes) */
+    DSM_WIRE_TYPE_MAX = 15
 };
 
 typedef struct dsm_wire_hdr {
@@ -64,14 +65,17 @@ typedef struct dsm_wire_limits {
 } dsm_wire_limits_t;
 
 /* Fixed message headers. */
-#define DSM_WIRE_HELLO_SIZE 24u
+#define DSM_WIRE_HELLO_SIZE 88u
 typedef struct dsm_wire_hello {
     uint64_t job_id;
     uint32_t src;
     uint32_t dst;
     uint32_t size;
     uint32_t proto;   /* DSM_WIRE_VERSION again, so a HELLO is self-describing */
+    uint8_t nonce[32]; /* the sender's fresh nonce (transport/auth.h) */
+    uint8_t mac[32];   /* HELLO_ACK: the acceptor's MAC; HELLO: zero */
 } dsm_wire_hello_t;
+#define DSM_WIRE_AUTH_SIZE 32u
 
 #define DSM_WIRE_RMA_SIZE 24u
 typedef struct dsm_wire_rma {

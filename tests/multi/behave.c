@@ -16,6 +16,7 @@
  *   behave lockwait-kill       rank 0 holds a lock that rank 1 waits for, then kills itself
  *   behave name                init, print "rank R transport NAME", barrier, finalize (rdma.sh)
  *   behave pingpong-ready DIR  as pingpong-kill without a victim; each rank creates DIR/ready.R once running
+ * Every mode sets an error handler that prints "behave: error handler (err E, node N)" (failstop.sh counts it).
  * Exit status: 0, or the dsm_init error's status as a positive number (e.g. 7 for DSM_EMISMATCH).
  */
 #include "config.h"
@@ -49,6 +50,14 @@ static int init_or_exit(void)
     return rc;
 }
 
+static void on_error(int err, int node)
+{
+    char b[96];
+    int n = snprintf(b, sizeof b, "behave: error handler (err %d, node %d)\n", err, node);
+    ssize_t w = write(STDERR_FILENO, b, (size_t)n);
+    (void)w;
+}
+
 static void barriers_forever(void)
 {
     for (;;)
@@ -59,6 +68,7 @@ static void barriers_forever(void)
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "ok";
+    dsm_set_error_handler(on_error);
     int arg = argc > 2 ? atoi(argv[2]) : 0;
     if (!strcmp(mode, "noinit") && env_rank() == arg)
         return 0;

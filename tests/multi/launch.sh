@@ -92,6 +92,9 @@ check "a mapping at DSM_BASE on one node fails all nodes (got $rc)" '[ "$rc" = 7
 check "... naming the overlap" 'grep -q "overlaps an existing mapping" "$tmp/err"'
 
 # The rendezvous alone, ranks started by hand.
+# Ranks started by hand share the job secret through a file only their user can read.
+(umask 077; head -c 32 /dev/urandom >"$tmp/secret")
+export DSM_SECRET_FILE=$tmp/secret
 # Start dsmrun --serve for N ranks; sets spid and coord. Each server writes its own file: reading a file an
 # earlier server wrote would race with the new one's start.
 serve() {

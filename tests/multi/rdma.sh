@@ -15,6 +15,9 @@ behave=$top/tests/multi/behave
 info=$top/tools/dsm_info
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+# Ranks started by hand share the job secret through a file only their user can read.
+(umask 077; head -c 32 /dev/urandom >"$tmp/secret")
+export DSM_SECRET_FILE=$tmp/secret
 n=0
 check() {
   n=$((n + 1))

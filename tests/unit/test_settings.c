@@ -99,8 +99,10 @@ int main(void)
     bad("DSM_TIMEOUT", "-5", "'-5'");
     bad("DSM_TIMEOUT", "99999999999999999999", "from 1");
     good("DSM_TIMEOUT", "5");
-    bad("DSM_STATS", "yes", "from 0 to 1");
+    bad("DSM_STATS", "yes", "from 0 to 2");
+    bad("DSM_STATS", "3", "from 0 to 2");
     good("DSM_STATS", "1");
+    good("DSM_STATS", "2");
     bad("DSM_TCP_IFACE", "", "not a valid interface name");
     bad("DSM_TCP_IFACE", "averyveryverylongname0", "not a valid interface name");
     good("DSM_TCP_IFACE", "veth0");
@@ -162,6 +164,16 @@ int main(void)
         clear();
         setenv_fake("DSM_RDMA_DEVICE", "a/b");
         tap_ok(parse(&c, e) == DSM_EINVAL, "DSM_RDMA_DEVICE=a/b refused");
+        clear();
+        setenv_fake("DSM_AUTH", "maybe");
+        tap_ok(parse(&c, e) == DSM_EINVAL && strstr(e, "DSM_AUTH='maybe'"), "DSM_AUTH=maybe refused");
+        clear();
+        setenv_fake("DSM_SECRET_FD", "1");
+        tap_ok(parse(&c, e) == DSM_EINVAL && strstr(e, "DSM_SECRET_FD='1'"), "DSM_SECRET_FD=1 refused");
+        clear();
+        setenv_fake("DSM_AUTH", "off");
+        tap_ok(parse(&c, e) == DSM_OK && c.auth == 0 && c.secret_fd == -1, "DSM_AUTH=off parsed");
+        clear();
         uint8_t bits[8];
         tap_ok(dsm_parse_cpulist("1,4-6", bits, 64) == DSM_OK && bits[0] == 0x72, "CPU list 1,4-6");
         clear();
@@ -170,7 +182,8 @@ int main(void)
     /* The table dsm_info prints covers every variable the parser reads. */
     const char *read[] = {"DSM_TRANSPORT", "DSM_TCP_IFACE", "DSM_LOG_LEVEL", "DSM_STATS", "DSM_WAIT", "DSM_TIMEOUT",
                           "DSM_BASE", "DSM_HEAP_SIZE", "DSM_RANK", "DSM_SIZE", "DSM_COORD", "DSM_RDMA_DEVICE",
-                          "DSM_RDMA_PORT", "DSM_PROGRESS_CPU", "DSM_MODULE_PATH"};
+                          "DSM_RDMA_PORT", "DSM_PROGRESS_CPU", "DSM_MODULE_PATH", "DSM_AUTH", "DSM_SECRET_FILE",
+                          "DSM_SECRET_FD"};
     int all = 1;
     for (size_t i = 0; i < sizeof read / sizeof read[0]; i++) {
         int found = 0;

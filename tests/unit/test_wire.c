@@ -101,6 +101,16 @@ int main(void)
     tap_is(dec(bad, sizeof bad, &h, &why), DSM_EPROTO, "HELLO with payload refused");
     enc(bad, DSM_WIRE_HELLO, 1, DSM_WIRE_HELLO_SIZE, 0);
     tap_is(dec(bad, sizeof bad, &h, &why), DSM_OK, "well-formed HELLO accepted");
+    enc(bad, DSM_WIRE_AUTH, 1, DSM_WIRE_AUTH_SIZE - 1, 0);
+    tap_is(dec(bad, sizeof bad, &h, &why), DSM_EPROTO, "short AUTH refused");
+    enc(bad, DSM_WIRE_AUTH, 1, DSM_WIRE_AUTH_SIZE + 1, 0);
+    tap_is(dec(bad, sizeof bad, &h, &why), DSM_EPROTO, "long AUTH refused");
+    enc(bad, DSM_WIRE_AUTH, 1, DSM_WIRE_AUTH_SIZE, 4);
+    tap_is(dec(bad, sizeof bad, &h, &why), DSM_EPROTO, "AUTH with payload refused");
+    enc(bad, DSM_WIRE_AUTH, 1, DSM_WIRE_AUTH_SIZE, 0);
+    tap_is(dec(bad, sizeof bad, &h, &why), DSM_OK, "well-formed AUTH accepted");
+    enc(bad, DSM_WIRE_TYPE_MAX + 1, 1, 0, 0);
+    tap_is(dec(bad, sizeof bad, &h, &why), DSM_EPROTO, "type after the last known one refused");
     enc(bad, DSM_WIRE_ATOMIC, 1, DSM_WIRE_ATOMIC_SIZE + 1, 0);
     tap_is(dec(bad, sizeof bad, &h, &why), DSM_EPROTO, "long ATOMIC header refused");
     enc(bad, DSM_WIRE_GET, 1, DSM_WIRE_RMA_SIZE, 8);
@@ -114,8 +124,12 @@ int main(void)
     tap_is(dec(bad, sizeof bad, &h, &why), DSM_EPROTO, "handler id on a PUT refused");
 
     /* Message headers round trip. */
-    uint8_t mb[DSM_WIRE_ATOMIC_SIZE];
+    uint8_t mb[DSM_WIRE_HELLO_SIZE > DSM_WIRE_ATOMIC_SIZE ? DSM_WIRE_HELLO_SIZE : DSM_WIRE_ATOMIC_SIZE];
     dsm_wire_hello_t hi = {.job_id = 0x0102030405060708ull, .src = 3, .dst = 1, .size = 4, .proto = 1}, ho;
+    for (unsigned i = 0; i < sizeof hi.nonce; i++) {
+        hi.nonce[i] = (uint8_t)i;
+        hi.mac[i] = (uint8_t)(0xff - i);
+    }
     dsm_wire_hello_enc(mb, &hi);
     dsm_wire_hello_dec(mb, &ho);
     tap_ok(memcmp(&hi, &ho, sizeof hi) == 0, "HELLO round trip");

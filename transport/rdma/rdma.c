@@ -10,6 +10,11 @@
  * route and connects, with private data naming magic, version, job id, both ranks and the job size; the lower
  * rank checks every field and accepts or rejects. A pair whose connection fails is reported per peer (peer_up),
  * so the core can agree through the rendezvous to use the next provider for that pair only (peer_drop).
+ * Authentication (transport/auth.h) then runs in the first frames on the queue pair, since rdma_cm private data
+ * is too small for it: the connecting rank sends AUTH1 (its nonce), the other answers AUTH2 (its nonce and MAC),
+ * the connecting rank checks it and answers AUTH3 (its MAC). Until a peer's exchange is complete, any other
+ * frame from it fails the connection, and the peer does not count as up. These are control frames (no
+ * credit, the RDMA_CTL spare buffers hold them). The RoCE data path itself (rkeys) is not authenticated.
  *
  * Frames. Every SEND carries one frame: a 16-byte little-endian header (type, handler id, header length,
  * payload length, credits, aux) then the active message's header and payload. A message that does not fit one
@@ -76,6 +81,7 @@
 #include <rdma/rdma_cma.h>
 
 #include "dsm.h"
+#include "transport/auth.h"
 #include "transport/rdma/rdma.h"
 #include "transport/inaddr.h"
 #include "transport/transport.h"
@@ -110,6 +116,9 @@ enum frame_type {
     F_UNREG = 6,   /* data: that registration is gone */
     F_BYE = 7,     /* data: the sender is leaving on purpose */
     F_LOST = 8,    /* control: aux = a node the sender lost */
+    F_AUTH1 = 9,   /* control: connector -> acceptor, body: its nonce */
+    F_AUTH2 = 10,  /* control: acceptor -> connector, body: its nonce, its MAC */
+    F_AUTH3 = 11,  /* control: connector -> acceptor, body: its MAC */
 };
 
 enum peer_state { P_NONE = 0, P_CONNECTING, P_UP, P_FAILED, P_DROPPED };
@@ -167,6 +176,10 @@ struct rdma_peer {
     uint32_t backlogged;  /* the backlog is not empty */
     int left;             /* the peer said BYE */
     int bye_sent;
+    /* Authentication, while connecting (the connect thread harvests): */
+    int authed;           /* the exchange completed: frames of the job may flow */
+    int auth_step;        /* acceptor: 1 once AUTH2 was sent */
+    dsm_auth_ctx_t auth;
     /* Reassembly, progress thread only. */
     uint8_t *ra;
     size_t ra_total, ra_got;
@@ -796,9 +809,85 @@ static const char *frame_check(const struct frame *f, uint32_t byte_len)
     case F_BYE:
     case F_LOST:
         return f->hdr_len || f->len ? "control frame with a body" : NULL;
+    case F_AUTH1:
+    case F_AUTH3:
+        return f->hdr_len || f->len != 32 ? "authentication frame of the wrong size" : NULL;
+    case F_AUTH2:
+        return f->hdr_len || f->len != 64 ? "authentication frame of the wrong size" : NULL;
     default:
         return "unknown frame type";
     }
+}
+
+/* Post a control frame with a body (the authentication frames). */
+static int auth_post(dsm_tp_t *tp, struct rdma_peer *pe, uint8_t type, const void *body, size_t len)
+{
+    uint8_t fh[RDMA_FRAME_HDR];
+    struct frame f = {.type = type, .len = (uint32_t)len};
+    frame_enc(fh, &f);
+    pthread_mutex_lock(&pe->slock);
+    int posted = (pe->state == P_UP || pe->state == P_CONNECTING) && pe->qp &&
+                 frame_post(tp, pe, fh, body, len, NULL, 0, 0) > 0;
+    pthread_mutex_unlock(&pe->slock);
+    return posted;
+}
+
+/* The peer's connection fails authentication while connecting: refused and logged, never a loss of the job. */
+static void auth_refuse(dsm_tp_t *tp, struct rdma_peer *pe, const char *why)
+{
+    if (pe->state != P_UP && pe->state != P_CONNECTING)
+        return;
+    RLOG(tp, DSM_LOG_ERROR, "refused the RDMA connection of node %d (%s): %s", pe->rank, pe->name, why);
+    tp->core->count_refused();
+    pe->state = P_FAILED;
+    snprintf(pe->fail, sizeof pe->fail, "%s", why);
+}
+
+/* One frame of a peer that has not completed the exchange (the connect thread, under cqlock). */
+static void auth_frame(dsm_tp_t *tp, struct rdma_peer *pe, const struct frame *f, const uint8_t *body)
+{
+    const uint8_t *key = tp->core->secret;
+    int connector = pe->rank < tp->rank;
+    /* The accepting side may see AUTH1 before its own ESTABLISHED event (the queue pair is ready at accept). */
+    if (pe->state != P_UP && pe->state != P_CONNECTING)
+        return; /* refused already: ignore what follows */
+    if (f->type == F_AUTH1 && !connector && pe->auth_step == 0) {
+        pe->auth = (dsm_auth_ctx_t){.job_id = tp->core->job_id, .connector = (uint32_t)pe->rank,
+                                    .acceptor = (uint32_t)tp->rank, .size = (uint32_t)tp->size};
+        memcpy(pe->auth.nonce_c, body, DSM_AUTH_NONCE_SIZE);
+        dsm_auth_nonce(pe->auth.nonce_a);
+        uint8_t b[DSM_AUTH_NONCE_SIZE + DSM_AUTH_MAC_SIZE];
+        memcpy(b, pe->auth.nonce_a, DSM_AUTH_NONCE_SIZE);
+        dsm_auth_mac(key, DSM_AUTH_ACCEPTOR, &pe->auth, b + DSM_AUTH_NONCE_SIZE);
+        pe->auth_step = 1;
+        if (!auth_post(tp, pe, F_AUTH2, b, sizeof b))
+            auth_refuse(tp, pe, "cannot answer its authentication");
+        return;
+    }
+    if (f->type == F_AUTH2 && connector && pe->auth_step == 1) {
+        memcpy(pe->auth.nonce_a, body, DSM_AUTH_NONCE_SIZE);
+        if (dsm_auth_check(key, DSM_AUTH_ACCEPTOR, &pe->auth, body + DSM_AUTH_NONCE_SIZE) != 0) {
+            auth_refuse(tp, pe, "the node listening there failed authentication (wrong or missing job secret)");
+            return;
+        }
+        uint8_t mac[DSM_AUTH_MAC_SIZE];
+        dsm_auth_mac(key, DSM_AUTH_CONNECTOR, &pe->auth, mac);
+        if (!auth_post(tp, pe, F_AUTH3, mac, sizeof mac)) {
+            auth_refuse(tp, pe, "cannot send the authentication");
+            return;
+        }
+        __atomic_store_n(&pe->authed, 1, __ATOMIC_RELEASE);
+        return;
+    }
+    if (f->type == F_AUTH3 && !connector && pe->auth_step == 1) {
+        if (dsm_auth_check(key, DSM_AUTH_CONNECTOR, &pe->auth, body) != 0) {
+            auth_refuse(tp, pe, "authentication failed (wrong or missing job secret)");
+            return;
+        }
+        __atomic_store_n(&pe->authed, 1, __ATOMIC_RELEASE);
+        return;
+    }
+    auth_refuse(tp, pe, "a frame before the authentication completed");
 }
 
 /* Poll the receive CQ (any thread). Credits and registrations take effect at once; lost-node reports fail
@@ -846,6 +935,13 @@ static int harvest(dsm_tp_t *tp)
                 pthread_mutex_unlock(&tp->cqlock);
                 peer_fail(tp, pe, bad);
                 return total;
+            }
+            if (!__atomic_load_n(&pe->authed, __ATOMIC_ACQUIRE) && pe->rank != tp->rank) {
+                /* Only the exchange until it completes (the connect thread harvests then). */
+                auth_frame(tp, pe, &f, b + RDMA_FRAME_HDR);
+                repost(tp, idx);
+                total++;
+                continue;
             }
             uint32_t acked = __atomic_load_n(&pe->acked, __ATOMIC_ACQUIRE);
             if (seq_after(f.credits, acked))
@@ -1146,6 +1242,8 @@ static int on_request(dsm_tp_t *tp, struct rdma_cm_event *ev, int connecting)
         pe->state = P_FAILED;
         return 1;
     }
+    /* Frames may complete before this side's ESTABLISHED event: map the queue pair now (AUTH1 comes first). */
+    qmap_set(tp, pe->qp->qp_num, pe->rank);
     struct cm_priv p;
     priv_enc(&p, tp, (int)src, REJ_NONE);
     struct rdma_conn_param cp;
@@ -1199,6 +1297,17 @@ static void cm_event(dsm_tp_t *tp, struct rdma_cm_event *ev, int connecting)
             pe->state = P_UP;
             qmap_set(tp, pe->qp->qp_num, pe->rank);
             RLOG(tp, DSM_LOG_DEBUG, "connected to node %d (%s), qp %u", pe->rank, pe->name, pe->qp->qp_num);
+            if (pe->rank == tp->rank) {
+                __atomic_store_n(&pe->authed, 1, __ATOMIC_RELEASE); /* the loopback pair: this node itself */
+            } else if (pe->rank < tp->rank) {
+                /* The connecting side opens the exchange. */
+                pe->auth = (dsm_auth_ctx_t){.job_id = tp->core->job_id, .connector = (uint32_t)tp->rank,
+                                            .acceptor = (uint32_t)pe->rank, .size = (uint32_t)tp->size};
+                dsm_auth_nonce(pe->auth.nonce_c);
+                pe->auth_step = 1;
+                if (!auth_post(tp, pe, F_AUTH1, pe->auth.nonce_c, DSM_AUTH_NONCE_SIZE))
+                    auth_refuse(tp, pe, "cannot start the authentication");
+            }
         }
         return;
     case RDMA_CM_EVENT_REJECTED: {
@@ -1347,10 +1456,13 @@ static int rdma_connect_all(dsm_tp_t *tp, const void *const *addr, const size_t 
     }
     for (;;) {
         cm_events(tp, 1);
+        harvest(tp); /* the authentication frames */
         int waiting = -1;
         int64_t now = now_ms();
         for (int p = 0; p < tp->size; p++) {
             struct rdma_peer *pe = &tp->peers[p];
+            if (pe->state == P_UP && !__atomic_load_n(&pe->authed, __ATOMIC_ACQUIRE) && waiting < 0)
+                waiting = p;
             if (pe->state != P_CONNECTING)
                 continue;
             if (waiting < 0)
@@ -1364,6 +1476,9 @@ static int rdma_connect_all(dsm_tp_t *tp, const void *const *addr, const size_t 
         if (waiting < 0)
             break;
         if (now > deadline) {
+            for (int p = 0; p < tp->size; p++)
+                if (tp->peers[p].state == P_UP && !__atomic_load_n(&tp->peers[p].authed, __ATOMIC_ACQUIRE))
+                    auth_refuse(tp, &tp->peers[p], "authentication not completed within DSM_TIMEOUT");
             for (int p = 0; p < tp->size; p++)
                 if (tp->peers[p].state == P_CONNECTING) {
                     struct rdma_peer *pe = &tp->peers[p];
@@ -1400,7 +1515,7 @@ static int rdma_connect_all(dsm_tp_t *tp, const void *const *addr, const size_t 
 static int rdma_peer_up(dsm_tp_t *tp, int peer)
 {
     struct rdma_peer *pe = peer_of(tp, peer);
-    return pe && pe->state == P_UP;
+    return pe && pe->state == P_UP && __atomic_load_n(&pe->authed, __ATOMIC_ACQUIRE);
 }
 
 static void rdma_peer_drop(dsm_tp_t *tp, int peer)
@@ -1898,6 +2013,10 @@ static void rdma_finalize(dsm_tp_t *tp);
 
 static int rdma_init(const dsm_tp_core_t *core, dsm_tp_t **tp_p, char *why, size_t why_len)
 {
+    if (dsm_auth_init() != 0) {
+        snprintf(why, why_len, "libsodium cannot start (no entropy source?)");
+        return DSM_ESYS;
+    }
     dsm_tp_t *tp = calloc(1, sizeof *tp);
     if (!tp) {
         snprintf(why, why_len, "out of memory");

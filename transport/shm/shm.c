@@ -8,8 +8,11 @@
  *
  * Setup: every node listens on an abstract unix socket named by job id and rank (abstract names belong to the
  * network namespace, like the host identity). The higher rank of a local pair connects and sends HELLO with its
- * mailbox memfd (SCM_RIGHTS); the lower checks the job, both ranks, the peer's uid and pid (SO_PEERCRED against
- * the published pid) and answers HELLO_ACK with its own. The socket stays open for the job: its EOF is how a
+ * nonce; the lower checks the job, both ranks, the peer's uid and pid (SO_PEERCRED against the published pid) and
+ * answers HELLO_ACK with its nonce and MAC (transport/auth.h); the connector checks the MAC and sends AUTH with
+ * its own MAC and its mailbox memfd (SCM_RIGHTS); the acceptor checks that MAC and answers READY with its
+ * mailbox. So no mailbox is handed to a process that has not proved the job secret. The socket stays open for
+ * the job: its EOF is how a
  * local peer's death is seen at once, and registrations travel on it (REG: the memfd and offset of registered
  * memory, which the peer maps, so put, get and atomics are plain memory operations on the target's pages).
  *
@@ -46,6 +49,7 @@
 #include <unistd.h>
 
 #include "dsm.h"
+#include "transport/auth.h"
 #include "transport/futex.h"
 #include "transport/shm/shm.h"
 #include "transport/transport.h"
@@ -58,23 +62,26 @@
 #define SHM_RING_MIN (64u << 10)
 #define SHM_RING_MAX (1u << 20)
 #define SHM_HOSTID_MAX 400u
-#define SHM_CTL_SIZE 64u
+#define SHM_CTL_SIZE 128u
 #define SHM_CTL_MAGIC 0x534d5344u /* "DSMS" */
 #define SHM_HELLO_WAIT_MS 2000   /* an accepted connection must say HELLO within this */
 #define SHM_SPIN_NS 50000u       /* DSM_WAIT=adaptive: progress spins this long after the last message */
 #define SHM_SPARES 64            /* queue entries per peer for the fault path, which must not allocate */
 #define SHM_SPARE_HDR 64u
 
-enum { CTL_HELLO = 1, CTL_HELLO_ACK = 2, CTL_REG = 3, CTL_DEREG = 4 };
+enum { CTL_HELLO = 1, CTL_HELLO_ACK = 2, CTL_REG = 3, CTL_DEREG = 4, CTL_AUTH = 5, CTL_READY = 6 };
 enum { WAIT_SPIN, WAIT_BLOCK, WAIT_ADAPTIVE };
 
 /* Control message on the unix socket, little-endian:
- *   0 magic, 4 type, 8 job_id, 16 src, 20 dst, 24 size, 28 nlocal, 32 key, 40 addr, 48 len, 56 fd_off */
+ *   0 magic, 4 type, 8 job_id, 16 src, 20 dst, 24 size, 28 nlocal, 32 key, 40 addr, 48 len, 56 fd_off,
+ *   64 nonce (32 bytes), 96 mac (32 bytes): the handshake's (zero otherwise) */
 struct shm_ctl {
     uint32_t type;
     uint64_t job_id;
     uint32_t src, dst, size, nlocal;
     uint64_t key, addr, len, fd_off;
+    uint8_t nonce[DSM_AUTH_NONCE_SIZE];
+    uint8_t mac[DSM_AUTH_MAC_SIZE];
 };
 
 /* In shared memory. */
@@ -264,6 +271,8 @@ static int ctl_send(int sock, const struct shm_ctl *m, int fd)
     dsm_le64_put(b + 40, m->addr);
     dsm_le64_put(b + 48, m->len);
     dsm_le64_put(b + 56, m->fd_off);
+    memcpy(b + 64, m->nonce, sizeof m->nonce);
+    memcpy(b + 96, m->mac, sizeof m->mac);
     struct iovec iov = {.iov_base = b, .iov_len = sizeof b};
     union {
         struct cmsghdr h;
@@ -344,6 +353,8 @@ static int ctl_recv(int sock, struct shm_ctl *m, int *fd_p, const char **why)
     m->addr = dsm_le64_get(b + 40);
     m->len = dsm_le64_get(b + 48);
     m->fd_off = dsm_le64_get(b + 56);
+    memcpy(m->nonce, b + 64, sizeof m->nonce);
+    memcpy(m->mac, b + 96, sizeof m->mac);
     return 1;
 }
 
@@ -509,7 +520,8 @@ static int pend_flush(dsm_tp_t *tp, struct shm_peer *pe)
         if (r <= 0)
             return r;
         struct shm_pend *m = pe->pend;
-        pe->pend = m->next;
+        /* Stored atomically: progress peeks at it without tx_lock (drain_all, any_pending). */
+        __atomic_store_n(&pe->pend, m->next, __ATOMIC_RELAXED);
         if (!pe->pend)
             pe->pend_last = NULL;
         if (m->spare) {
@@ -528,7 +540,7 @@ static int pend_queue(dsm_tp_t *tp, struct shm_peer *pe, struct shm_pend *m, siz
     if (pe->pend_last)
         pe->pend_last->next = m;
     else
-        pe->pend = m;
+        __atomic_store_n(&pe->pend, m, __ATOMIC_RELAXED);
     pe->pend_last = m;
     pend_flush(tp, pe);
     pthread_mutex_unlock(&pe->tx_lock);
@@ -1045,7 +1057,7 @@ static int drain_all(dsm_tp_t *tp)
         int r = rx_drain(tp, pe);
         if (r > 0)
             n += r;
-        if (pe->pend && pthread_mutex_trylock(&pe->tx_lock) == 0) {
+        if (__atomic_load_n(&pe->pend, __ATOMIC_RELAXED) && pthread_mutex_trylock(&pe->tx_lock) == 0) {
             if (pend_flush(tp, pe) < 0) {
                 pthread_mutex_unlock(&pe->tx_lock);
                 tp->core->peer_lost(pe->rank, "its queue indices are corrupted");
@@ -1331,8 +1343,8 @@ static int ctl_wait(int sock, struct shm_ctl *m, int *fd_p, int wait_ms, const c
     return r == 1 ? 0 : -1;
 }
 
-/* Accept one connection during setup: a higher local rank saying HELLO. Sockets stay blocking for sends
- * (a registration waits for room); every receive is MSG_DONTWAIT. */
+/* Accept one connection during setup: a higher local rank saying HELLO, then proving the job secret. Sockets
+ * stay blocking for sends (a registration waits for room); every receive is MSG_DONTWAIT. */
 static void accept_one(dsm_tp_t *tp, int fd)
 {
     struct shm_ctl m;
@@ -1341,6 +1353,8 @@ static void accept_one(dsm_tp_t *tp, int fd)
     struct shm_peer *pe = NULL;
     struct ucred cr;
     socklen_t cl = sizeof cr;
+    dsm_auth_ctx_t ax = {.job_id = tp->core->job_id, .acceptor = (uint32_t)tp->core->rank,
+                         .size = (uint32_t)tp->core->size};
     /* Another user's process is turned away before it can make us wait for its hello. */
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) != 0 || cr.uid != getuid())
         why = "the peer runs as another user";
@@ -1350,16 +1364,39 @@ static void accept_one(dsm_tp_t *tp, int fd)
             why = "hello from a rank that should have waited for our connection";
         else if (pe->ready || pe->sock >= 0)
             why = "second hello from the same rank";
-        else if (mfd < 0)
-            why = "hello without a mailbox";
-        else if (!(why = check_cred(tp, fd, pe)))
-            why = attach_mbox(tp, pe, mfd);
+        else if (mfd >= 0)
+            why = "a descriptor before authentication";
+        else
+            why = check_cred(tp, fd, pe);
     }
     if (!why) {
         struct shm_ctl a;
+        ax.connector = m.src;
+        memcpy(ax.nonce_c, m.nonce, sizeof ax.nonce_c);
+        dsm_auth_nonce(ax.nonce_a);
         hello_fill(tp, &a, CTL_HELLO_ACK, pe->rank);
-        if (ctl_send(fd, &a, tp->mbox_fd) != 0)
+        memcpy(a.nonce, ax.nonce_a, sizeof a.nonce);
+        dsm_auth_mac(tp->core->secret, DSM_AUTH_ACCEPTOR, &ax, a.mac);
+        /* The connector is the process the rank published (pid checked above): it may take up to DSM_TIMEOUT to
+         * answer on a loaded host, as in its own wait for our answer. */
+        if (ctl_send(fd, &a, -1) != 0)
             why = "cannot answer the hello";
+        else if (ctl_wait(fd, &m, &mfd, tp->core->timeout_ms, &why) == 0 && !(why = hello_check(tp, &m, CTL_AUTH))) {
+            if (m.src != ax.connector)
+                why = "authentication from another rank";
+            else if (dsm_auth_check(tp->core->secret, DSM_AUTH_CONNECTOR, &ax, m.mac) != 0)
+                why = "authentication failed (wrong or missing job secret)";
+            else if (mfd < 0)
+                why = "authentication without a mailbox";
+            else
+                why = attach_mbox(tp, pe, mfd);
+        }
+    }
+    if (!why) {
+        struct shm_ctl a;
+        hello_fill(tp, &a, CTL_READY, pe->rank);
+        if (ctl_send(fd, &a, tp->mbox_fd) != 0)
+            why = "cannot answer the authentication";
     }
     if (mfd >= 0)
         close(mfd);
@@ -1396,18 +1433,41 @@ static int connect_one(dsm_tp_t *tp, struct shm_peer *pe, int64_t deadline)
     }
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     sock_bound(tp, fd);
+    dsm_auth_ctx_t ax = {.job_id = tp->core->job_id, .connector = (uint32_t)tp->core->rank,
+                         .acceptor = (uint32_t)pe->rank, .size = (uint32_t)tp->core->size};
+    dsm_auth_nonce(ax.nonce_c);
     hello_fill(tp, &m, CTL_HELLO, pe->rank);
+    memcpy(m.nonce, ax.nonce_c, sizeof m.nonce);
     int64_t left = deadline - now_ms();
-    if (ctl_send(fd, &m, tp->mbox_fd) != 0)
+    if (ctl_send(fd, &m, -1) != 0)
         why = "cannot send the hello";
     else if (ctl_wait(fd, &m, &mfd, left > 0 ? (int)left : 0, &why) == 0 &&
              !(why = hello_check(tp, &m, CTL_HELLO_ACK))) {
+        memcpy(ax.nonce_a, m.nonce, sizeof ax.nonce_a);
         if (m.src != (uint32_t)pe->rank)
             why = "answered by another rank";
-        else if (mfd < 0)
-            why = "answer without a mailbox";
-        else if (!(why = check_cred(tp, fd, pe)))
-            why = attach_mbox(tp, pe, mfd);
+        else if (mfd >= 0)
+            why = "a descriptor before authentication";
+        else if (!(why = check_cred(tp, fd, pe)) &&
+                 dsm_auth_check(tp->core->secret, DSM_AUTH_ACCEPTOR, &ax, m.mac) != 0)
+            why = "the node listening there failed authentication (wrong or missing job secret)";
+    }
+    if (!why) {
+        struct shm_ctl a;
+        hello_fill(tp, &a, CTL_AUTH, pe->rank);
+        dsm_auth_mac(tp->core->secret, DSM_AUTH_CONNECTOR, &ax, a.mac);
+        left = deadline - now_ms();
+        if (ctl_send(fd, &a, tp->mbox_fd) != 0)
+            why = "cannot send the authentication";
+        else if (ctl_wait(fd, &m, &mfd, left > 0 ? (int)left : 0, &why) == 0 &&
+                 !(why = hello_check(tp, &m, CTL_READY))) {
+            if (m.src != (uint32_t)pe->rank)
+                why = "answered by another rank";
+            else if (mfd < 0)
+                why = "answer without a mailbox";
+            else
+                why = attach_mbox(tp, pe, mfd);
+        }
     }
     if (mfd >= 0)
         close(mfd);

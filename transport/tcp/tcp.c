@@ -6,9 +6,12 @@
  *
  * Connection setup: every node listens on the IPv4 address of DSM_TCP_IFACE (else the first up non-loopback
  * interface, else loopback) and publishes "address:port". The higher rank of each pair connects and sends HELLO
- * (job id, both ranks, job size, protocol); the lower rank checks every field and answers HELLO_ACK, or logs
- * and closes. The listener stays open for the whole job, so a stranger's connection at any time is refused the
- * same way, and an unauthenticated connection that stays silent is closed at its deadline.
+ * (job id, both ranks, job size, protocol, its nonce); the lower rank checks every field and answers HELLO_ACK
+ * with its own nonce and MAC (transport/auth.h); the connector checks that MAC and answers AUTH with its own.
+ * Only then is the connection bound to the peer's rank; until then any other frame, a wrong field or a wrong MAC
+ * is logged and the connection closed. The listener stays open for the whole job, so a stranger's connection at
+ * any time is refused the same way, and an unauthenticated connection that stays silent is closed at its
+ * deadline.
  *
  * Threads: any thread sends. A send writes straight to the socket when nothing is queued for that peer, else
  * appends to the peer's queue, which progress drains on EPOLLOUT; so sends never block and keep their order.
@@ -37,6 +40,7 @@
 #include <unistd.h>
 
 #include "dsm.h"
+#include "transport/auth.h"
 #include "transport/futex.h"
 #include "transport/inaddr.h"
 #include "transport/transport.h"
@@ -50,6 +54,7 @@
 enum conn_state {
     CONN_HELLO_OUT, /* we connected and sent HELLO; waiting for HELLO_ACK */
     CONN_HELLO_IN,  /* accepted; waiting for HELLO */
+    CONN_AUTH_IN,   /* accepted, answered HELLO_ACK; waiting for the connector's AUTH */
     CONN_READY,
     CONN_CLOSED,
 };
@@ -59,6 +64,7 @@ struct tcp_conn {
     int peer;  /* -1 until authenticated */
     enum conn_state state;
     int64_t deadline_ms;  /* for the handshake */
+    dsm_auth_ctx_t auth;  /* the handshake's ranks and nonces */
     char name[64];        /* remote address, for logs */
     /* Receive buffer: bytes [roff, rlen) are unparsed. Progress only. */
     uint8_t *rbuf;
@@ -858,6 +864,24 @@ static const char *handle_frame(dsm_tp_t *tp, struct tcp_conn *c, const dsm_wire
 static const char *handle_hello(dsm_tp_t *tp, struct tcp_conn *c, const dsm_wire_hdr_t *h, const uint8_t *hdr)
 {
     const dsm_tp_core_t *core = tp->core;
+    if (c->state == CONN_AUTH_IN) {
+        /* The connector's proof; only now may the connection speak for a rank. */
+        if (h->type != DSM_WIRE_AUTH || h->src != c->auth.connector)
+            return "expected the connector's authentication";
+        if (dsm_auth_check(core->secret, DSM_AUTH_CONNECTOR, &c->auth, hdr) != 0)
+            return "authentication failed (wrong or missing job secret)";
+        uint32_t src = c->auth.connector;
+        if (tp->peers[src])
+            return "that rank is already connected";
+        c->peer = (int)src;
+        c->state = CONN_READY;
+        tp->peers[src] = c;
+        for (int i = 0; i < tp->npending; i++)
+            if (tp->pending[i] == c)
+                tp->pending[i] = NULL;
+        core->log(DSM_LOG_DEBUG, TCP_NAME, "node %d connected from %s", c->peer, c->name);
+        return NULL;
+    }
     dsm_wire_hello_t m;
     uint8_t want = c->state == CONN_HELLO_IN ? DSM_WIRE_HELLO : DSM_WIRE_HELLO_ACK;
     if (h->type != want)
@@ -874,25 +898,31 @@ static const char *handle_hello(dsm_tp_t *tp, struct tcp_conn *c, const dsm_wire
     if (c->state == CONN_HELLO_IN) {
         if ((int)m.src <= core->rank)
             return "this rank must be connected from the other side";
-        if (tp->peers[m.src])
-            return "that rank is already connected";
-        c->peer = (int)m.src;
-        c->state = CONN_READY;
-        tp->peers[m.src] = c;
-        for (int i = 0; i < tp->npending; i++)
-            if (tp->pending[i] == c)
-                tp->pending[i] = NULL;
+        c->auth = (dsm_auth_ctx_t){.job_id = core->job_id, .connector = m.src, .acceptor = (uint32_t)core->rank,
+                                   .size = (uint32_t)core->size};
+        memcpy(c->auth.nonce_c, m.nonce, sizeof m.nonce);
+        dsm_auth_nonce(c->auth.nonce_a);
         dsm_wire_hello_t ack = {.job_id = core->job_id, .src = (uint32_t)core->rank, .dst = m.src,
                                 .size = (uint32_t)core->size, .proto = DSM_WIRE_VERSION};
+        memcpy(ack.nonce, c->auth.nonce_a, sizeof ack.nonce);
+        dsm_auth_mac(core->secret, DSM_AUTH_ACCEPTOR, &c->auth, ack.mac);
         uint8_t b[DSM_WIRE_HELLO_SIZE];
         dsm_wire_hello_enc(b, &ack);
         dsm_wire_hdr_t ah = {.type = DSM_WIRE_HELLO_ACK, .src = (uint32_t)core->rank, .hdr_len = sizeof b};
+        c->state = CONN_AUTH_IN;
         conn_send(tp, c, &ah, b, sizeof b, NULL, 0, NULL, 0);
-        core->log(DSM_LOG_DEBUG, TCP_NAME, "node %d connected from %s", c->peer, c->name);
     } else {
         if ((int)m.src != c->peer)
             return "hello ack from the wrong rank";
+        memcpy(c->auth.nonce_a, m.nonce, sizeof m.nonce);
+        if (dsm_auth_check(core->secret, DSM_AUTH_ACCEPTOR, &c->auth, m.mac) != 0)
+            return "the node listening there failed authentication (wrong or missing job secret)";
+        uint8_t mac[DSM_AUTH_MAC_SIZE];
+        dsm_auth_mac(core->secret, DSM_AUTH_CONNECTOR, &c->auth, mac);
+        dsm_wire_hdr_t ah = {.type = DSM_WIRE_AUTH, .src = (uint32_t)core->rank, .hdr_len = sizeof mac};
+        /* Sent before any frame of the job: frames queue behind it in order. */
         c->state = CONN_READY;
+        conn_send(tp, c, &ah, mac, sizeof mac, NULL, 0, NULL, 0);
         core->log(DSM_LOG_DEBUG, TCP_NAME, "connected to node %d at %s", c->peer, c->name);
     }
     return NULL;
@@ -914,8 +944,9 @@ static void conn_parse(dsm_tp_t *tp, struct tcp_conn *c)
             return;
         }
         size_t total = DSM_WIRE_HDR_SIZE + (size_t)h.hdr_len + h.payload_len;
-        if (c->state != CONN_READY && (h.payload_len || (h.type != DSM_WIRE_HELLO && h.type != DSM_WIRE_HELLO_ACK))) {
-            conn_fail(tp, c, "first frame is not a hello");
+        if (c->state != CONN_READY &&
+            (h.payload_len || (h.type != DSM_WIRE_HELLO && h.type != DSM_WIRE_HELLO_ACK && h.type != DSM_WIRE_AUTH))) {
+            conn_fail(tp, c, "a frame before the handshake completed");
             return;
         }
         if (avail < total) {
@@ -969,7 +1000,8 @@ static void conn_readable(dsm_tp_t *tp, struct tcp_conn *c)
                 c->rcap = cap;
             }
         }
-        ssize_t r = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, MSG_DONTWAIT);
+        size_t room = c->rcap - c->rlen;
+        ssize_t r = recv(c->fd, c->rbuf + c->rlen, room, MSG_DONTWAIT);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -980,6 +1012,10 @@ static void conn_readable(dsm_tp_t *tp, struct tcp_conn *c)
         }
         c->rlen += (size_t)r;
         conn_parse(tp, c);
+        /* A short read took all the socket had: epoll (level-triggered) reports what comes next, and another
+         * recv now would only return EAGAIN (one system call of every page miss, docs/PERFORMANCE.md). */
+        if ((size_t)r < room)
+            return;
     }
 }
 
@@ -1026,8 +1062,8 @@ static void reap_pending(dsm_tp_t *tp)
         struct tcp_conn *c = tp->pending[i];
         if (!c)
             continue;
-        if (c->state == CONN_HELLO_IN && now > c->deadline_ms)
-            conn_refuse(tp, c, "no hello within DSM_TIMEOUT");
+        if ((c->state == CONN_HELLO_IN || c->state == CONN_AUTH_IN) && now > c->deadline_ms)
+            conn_refuse(tp, c, "handshake not completed within DSM_TIMEOUT");
         if (c->state == CONN_CLOSED) {
             tp->pending[i] = NULL;
             conn_free(c);
@@ -1169,6 +1205,10 @@ static int connect_one(dsm_tp_t *tp, int peer, const struct sockaddr_in *sa, con
             tp->peers[peer] = c;
             dsm_wire_hello_t m = {.job_id = core->job_id, .src = (uint32_t)core->rank, .dst = (uint32_t)peer,
                                   .size = (uint32_t)core->size, .proto = DSM_WIRE_VERSION};
+            c->auth = (dsm_auth_ctx_t){.job_id = core->job_id, .connector = (uint32_t)core->rank,
+                                       .acceptor = (uint32_t)peer, .size = (uint32_t)core->size};
+            dsm_auth_nonce(c->auth.nonce_c);
+            memcpy(m.nonce, c->auth.nonce_c, sizeof m.nonce);
             uint8_t b[DSM_WIRE_HELLO_SIZE];
             dsm_wire_hello_enc(b, &m);
             dsm_wire_hdr_t h = {.type = DSM_WIRE_HELLO, .src = (uint32_t)core->rank, .hdr_len = sizeof b};
@@ -1209,6 +1249,11 @@ static int tcp_connect(dsm_tp_t *tp, const void *const *addr, const size_t *addr
                 waiting = p;
         if (waiting < 0)
             return DSM_OK;
+        if (tp->peers[waiting] && tp->peers[waiting]->state == CONN_CLOSED) {
+            /* Our own connection was refused in the handshake (the log says why): waiting cannot help. */
+            core->log(DSM_LOG_ERROR, TCP_NAME, "the connection to node %d failed in the handshake", waiting);
+            return DSM_EPROTO;
+        }
         if (now_ms() > deadline) {
             core->log(DSM_LOG_ERROR, TCP_NAME, "node %d did not complete the connection within DSM_TIMEOUT",
                       waiting);

@@ -1,0 +1,133 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * heartbeat.c - loss detection for a peer that stops answering without closing its connections (SIGSTOP, a
+ * livelocked or hung node, a dead path): every node sends each peer an empty heartbeat message every tenth of
+ * DSM_TIMEOUT, and a peer from which no heartbeat came for DSM_TIMEOUT is lost (fail-stop, DESIGN.md 4.7).
+ *
+ * One thread per node, asleep between ticks (a blocked rank never spins for it). If that thread itself was kept
+ * from running for half of DSM_TIMEOUT (this process was stopped, the host overloaded), its silence is its own:
+ * the clocks of every peer restart instead of condemning them.
+ */
+#include "config.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "dsm.h"
+#include "libdsm/core.h"
+#include "libdsm/heartbeat.h"
+
+static struct {
+    int size, rank;
+    int64_t timeout_ms, period_ms;
+    int64_t *last_rx; /* [size]: when the last heartbeat of each peer came (CLOCK_MONOTONIC ms) */
+    pthread_t thread;
+    int running;
+    int stop;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+} hb = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int on_heartbeat(void *arg, int src, uint8_t id, const void *hdr, size_t hdr_len, const void *p, size_t len)
+{
+    (void)arg;
+    (void)id;
+    (void)hdr;
+    (void)p;
+    if (hdr_len || len || src < 0 || src >= hb.size || !hb.last_rx)
+        return DSM_EPROTO;
+    __atomic_store_n(&hb.last_rx[src], mono_ms(), __ATOMIC_RELAXED);
+    return DSM_OK;
+}
+
+int dsm_hb_setup(int rank, int size, int timeout_s)
+{
+    hb.rank = rank;
+    hb.size = size;
+    hb.timeout_ms = (int64_t)timeout_s * 1000;
+    hb.period_ms = hb.timeout_ms / 10 > 100 ? hb.timeout_ms / 10 : 100;
+    free(hb.last_rx);
+    if (!(hb.last_rx = calloc((size_t)size, sizeof *hb.last_rx)))
+        return DSM_ENOMEM;
+    int64_t now = mono_ms();
+    for (int p = 0; p < size; p++)
+        hb.last_rx[p] = now;
+    return dsm_am_register(DSM_AM_HEARTBEAT, on_heartbeat, NULL);
+}
+
+static void *hb_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&hb.lock);
+    int64_t last_tick = mono_ms();
+    while (!hb.stop) {
+        int64_t now = mono_ms(), wake = now + hb.period_ms;
+        struct timespec ts = {.tv_sec = wake / 1000, .tv_nsec = (wake % 1000) * 1000000};
+        while (!hb.stop && pthread_cond_timedwait(&hb.cond, &hb.lock, &ts) == 0)
+            ;
+        if (hb.stop)
+            break;
+        pthread_mutex_unlock(&hb.lock);
+        now = mono_ms();
+        int overslept = now - last_tick > hb.period_ms + hb.timeout_ms / 2;
+        last_tick = now;
+        for (int p = 0; p < hb.size; p++) {
+            if (p == hb.rank)
+                continue;
+            if (overslept)
+                __atomic_store_n(&hb.last_rx[p], now, __ATOMIC_RELAXED);
+            else if (now - __atomic_load_n(&hb.last_rx[p], __ATOMIC_RELAXED) > hb.timeout_ms && !dsm_core_peer_left(p))
+                /* (A peer that said bye sends none: its connection tells whether it left too early.) */
+                dsm_fail_stop(p, "no heartbeat within DSM_TIMEOUT: the process is stopped, hung or unreachable");
+            dsm_am_send(p, DSM_AM_HEARTBEAT, NULL, 0, NULL, 0);
+        }
+        pthread_mutex_lock(&hb.lock);
+    }
+    pthread_mutex_unlock(&hb.lock);
+    return NULL;
+}
+
+int dsm_hb_start(void)
+{
+    if (hb.size < 2)
+        return DSM_OK;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&hb.cond, &ca);
+    pthread_condattr_destroy(&ca);
+    int64_t now = mono_ms();
+    for (int p = 0; p < hb.size; p++)
+        __atomic_store_n(&hb.last_rx[p], now, __ATOMIC_RELAXED);
+    hb.stop = 0;
+    if (pthread_create(&hb.thread, NULL, hb_main, NULL) != 0) {
+        pthread_cond_destroy(&hb.cond);
+        return DSM_ESYS;
+    }
+    hb.running = 1;
+    return DSM_OK;
+}
+
+void dsm_hb_stop(void)
+{
+    if (hb.running) {
+        pthread_mutex_lock(&hb.lock);
+        hb.stop = 1;
+        pthread_cond_signal(&hb.cond);
+        pthread_mutex_unlock(&hb.lock);
+        pthread_join(hb.thread, NULL);
+        pthread_cond_destroy(&hb.cond);
+        hb.running = 0;
+    }
+    free(hb.last_rx);
+    hb.last_rx = NULL;
+    hb.size = 0;
+}

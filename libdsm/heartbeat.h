@@ -1,0 +1,13 @@
+/* SPDX-License-Identifier: MIT */
+/* heartbeat.h - heartbeats between all nodes and loss detection after DSM_TIMEOUT of silence (heartbeat.c). */
+#ifndef DSM_HEARTBEAT_H
+#define DSM_HEARTBEAT_H
+
+/* Register the heartbeat handler (before any connection is up, so a peer's first heartbeat finds it). */
+int dsm_hb_setup(int rank, int size, int timeout_s);
+/* Start sending and watching (after the connections are up). */
+int dsm_hb_start(void);
+/* Stop and free (before this node says bye; idempotent). */
+void dsm_hb_stop(void);
+
+#endif /* DSM_HEARTBEAT_H */
