@@ -16,6 +16,8 @@
  *   behave lockwait-kill       rank 0 holds a lock that rank 1 waits for, then kills itself
  *   behave name                init, print "rank R transport NAME", barrier, finalize (rdma.sh)
  *   behave pingpong-ready DIR  as pingpong-kill without a victim; each rank creates DIR/ready.R once running
+ *   behave joinwait-kill       rank 0 joins a dsm thread it started on rank 1; rank 1 kills itself once the
+ *                              thread runs there (start it with address randomization off, e.g. setarch -R)
  * Every mode sets an error handler that prints "behave: error handler (err E, node N)" (failstop.sh counts it).
  * Exit status: 0, or the dsm_init error's status as a positive number (e.g. 7 for DSM_EMISMATCH).
  */
@@ -56,6 +58,17 @@ static void on_error(int err, int node)
     int n = snprintf(b, sizeof b, "behave: error handler (err %d, node %d)\n", err, node);
     ssize_t w = write(STDERR_FILENO, b, (size_t)n);
     (void)w;
+}
+
+static volatile int sleeper_started; /* set in the process the dsm thread runs in */
+
+static void *sleeper(void *arg)
+{
+    (void)arg;
+    sleeper_started = 1;
+    for (;;)
+        usleep(10000);
+    return NULL;
 }
 
 static void barriers_forever(void)
@@ -167,6 +180,29 @@ int main(int argc, char **argv)
         if (me == 1) {
             dsm_lock(l);
             return 3; /* the holder died: this must never be granted */
+        }
+        barriers_forever();
+    }
+    if (!strcmp(mode, "joinwait-kill")) {
+        if (dsm_barrier() != DSM_OK)
+            return 2;
+        if (me == 0) {
+            dsm_thread_t t;
+            int rc = dsm_thread_create(&t, 1, sleeper, NULL);
+            if (rc != DSM_OK) {
+                fprintf(stderr, "behave: dsm_thread_create: %s\n", dsm_strerror(rc));
+                return 4;
+            }
+            dsm_thread_join(t, NULL);
+            return 3; /* node 1 died with the thread: the join must never return */
+        }
+        if (me == 1) {
+            for (int i = 0; i < 6000 && !sleeper_started; i++)
+                usleep(10000);
+            if (!sleeper_started)
+                return 5;
+            usleep(100000);
+            raise(SIGKILL);
         }
         barriers_forever();
     }
