@@ -127,6 +127,24 @@ static void barrier(void)
     check(dsm_barrier(), "barrier");
 }
 
+/* Rank 0 writes page i of p at iteration i, each write timed; the other ranks sit out. Between barriers. */
+static void time_first_writes(dsm_bench_state_t *st, char *p)
+{
+    barrier();
+    if (me != 0) {
+        sit_out(st);
+        barrier();
+        return;
+    }
+    int64_t i = 0;
+    while (dsm_bench_next(st)) {
+        double t0 = dsm_bench_now();
+        *(volatile char *)(p + i++ * PAGE) = 1;
+        dsm_bench_set_time(st, dsm_bench_now() - t0);
+    }
+    barrier();
+}
+
 /* ---- baseline: a local page fault, resolved by mprotect in a SIGSEGV handler ---- */
 
 static char *floor_page;
@@ -640,19 +658,7 @@ static void b_write_miss(dsm_bench_state_t *st)
     if (me >= 1 && me <= sharers)
         for (int64_t i = 0; i < n; i++)
             sink_byte = p[i * PAGE];
-    barrier();
-    if (me != 0) {
-        sit_out(st);
-        barrier();
-        return;
-    }
-    int64_t i = 0;
-    while (dsm_bench_next(st)) {
-        double t0 = dsm_bench_now();
-        *(volatile char *)(p + i++ * PAGE) = 1;
-        dsm_bench_set_time(st, dsm_bench_now() - t0);
-    }
-    barrier();
+    time_first_writes(st, p);
 }
 
 /* Upgrade: rank 0 holds the page Shared (read before, not timed) and writes it. */
@@ -663,19 +669,7 @@ static void b_upgrade(dsm_bench_state_t *st)
     if (me == 0)
         for (int64_t i = 0; i < n; i++)
             sink_byte = p[i * PAGE];
-    barrier();
-    if (me != 0) {
-        sit_out(st);
-        barrier();
-        return;
-    }
-    int64_t i = 0;
-    while (dsm_bench_next(st)) {
-        double t0 = dsm_bench_now();
-        *(volatile char *)(p + i++ * PAGE) = 1;
-        dsm_bench_set_time(st, dsm_bench_now() - t0);
-    }
-    barrier();
+    time_first_writes(st, p);
 }
 
 /* Two-node page ping-pong: ranks 0 and 1 take turns incrementing a word of one page homed at rank 1; one

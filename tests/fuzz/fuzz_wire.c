@@ -14,6 +14,20 @@
 #include "transport/transport.h"
 #include "transport/wire.h"
 
+/* A header the decoder accepted has the length its type needs, and decoding then encoding it gives its bytes
+ * back. */
+#define ROUNDTRIP(bad_len_x, type_x, size_x, dec_x, enc_x) \
+    do { \
+        if (bad_len_x) \
+            abort(); \
+        type_x m_; \
+        dec_x(mh, &m_); \
+        uint8_t b_[size_x]; \
+        enc_x(b_, &m_); \
+        if (memcmp(b_, mh, sizeof b_) != 0) \
+            abort(); \
+    } while (0)
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -53,41 +67,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(mh, data + off + DSM_WIRE_HDR_SIZE, h.hdr_len);
         switch (h.type) {
         case DSM_WIRE_HELLO:
-        case DSM_WIRE_HELLO_ACK: {
-            if (h.hdr_len != DSM_WIRE_HELLO_SIZE)
-                abort();
-            dsm_wire_hello_t m;
-            dsm_wire_hello_dec(mh, &m);
-            uint8_t b[DSM_WIRE_HELLO_SIZE];
-            dsm_wire_hello_enc(b, &m);
-            if (memcmp(b, mh, sizeof b) != 0)
-                abort();
+        case DSM_WIRE_HELLO_ACK:
+            ROUNDTRIP(h.hdr_len != DSM_WIRE_HELLO_SIZE, dsm_wire_hello_t, DSM_WIRE_HELLO_SIZE, dsm_wire_hello_dec,
+                      dsm_wire_hello_enc);
             break;
-        }
         case DSM_WIRE_PUT:
         case DSM_WIRE_PUT_NOTIFY:
-        case DSM_WIRE_GET: {
-            if (h.hdr_len < DSM_WIRE_RMA_SIZE)
-                abort();
-            dsm_wire_rma_t m;
-            dsm_wire_rma_dec(mh, &m);
-            uint8_t b[DSM_WIRE_RMA_SIZE];
-            dsm_wire_rma_enc(b, &m);
-            if (memcmp(b, mh, sizeof b) != 0)
-                abort();
+        case DSM_WIRE_GET:
+            ROUNDTRIP(h.hdr_len < DSM_WIRE_RMA_SIZE, dsm_wire_rma_t, DSM_WIRE_RMA_SIZE, dsm_wire_rma_dec,
+                      dsm_wire_rma_enc);
             break;
-        }
-        case DSM_WIRE_ATOMIC: {
-            if (h.hdr_len != DSM_WIRE_ATOMIC_SIZE)
-                abort();
-            dsm_wire_atomic_t m;
-            dsm_wire_atomic_dec(mh, &m);
-            uint8_t b[DSM_WIRE_ATOMIC_SIZE];
-            dsm_wire_atomic_enc(b, &m);
-            if (memcmp(b, mh, sizeof b) != 0)
-                abort();
+        case DSM_WIRE_ATOMIC:
+            ROUNDTRIP(h.hdr_len != DSM_WIRE_ATOMIC_SIZE, dsm_wire_atomic_t, DSM_WIRE_ATOMIC_SIZE,
+                      dsm_wire_atomic_dec, dsm_wire_atomic_enc);
             break;
-        }
         case DSM_WIRE_LOST:
             if (h.hdr_len != 4)
                 abort();

@@ -8,12 +8,7 @@ set -u
 top=${top_builddir:-.}
 dsmrun=$top/tools/dsmrun
 behave=$top/tests/multi/behave
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-n=0
-ok() { n=$((n + 1)); echo "ok $n - $1"; }
-nok() { n=$((n + 1)); echo "not ok $n - $1"; sed 's/^/# /' "$tmp/err" 2>/dev/null | tail -30; }
-check() { if eval "$2"; then ok "$1"; else nok "$1"; fi; }
+. "${top_srcdir:-.}/tests/tap-lib.sh"
 
 for tp in shm tcp; do
   rm -rf "$tmp/ready"

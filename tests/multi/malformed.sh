@@ -8,12 +8,7 @@ set -u
 top=${top_builddir:-.}
 dsmrun=$top/tools/dsmrun
 prog=$top/tests/multi/malformed
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-n=0
-ok() { n=$((n + 1)); echo "ok $n - $1"; }
-nok() { n=$((n + 1)); echo "not ok $n - $1"; sed 's/^/# /' "$tmp/err" 2>/dev/null | tail -30; }
-check() { if eval "$2"; then ok "$1"; else nok "$1"; fi; }
+. "${top_srcdir:-.}/tests/tap-lib.sh"
 
 cases=$("$prog" list)
 [ -n "$cases" ] || { echo "1..0 # SKIP malformed lists no case"; exit 0; }
