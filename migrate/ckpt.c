@@ -41,25 +41,13 @@
 #include "libdsm/core.h"
 #include "libdsm/log.h"
 #include "libdsm/region.h"
+#include "migrate/ckpt_fmt.h"
 #include "migrate/mig.h"
 #include "transport/wire.h"
 
-#define PART_MAGIC 0x315452415044534dull /* "MSDPART1" */
-#define MANI_MAGIC 0x31494e414d44534dull /* "MSDMANI1" */
-#define CKPT_VERSION 1u
-#define HDR_LEN 64u
-
-enum { SEC_ALLOC = 1, SEC_MALLOC = 2, SEC_THREADS = 3, SEC_PAGES = 4, SEC_MAX };
 
 static unsigned ckpt_seq; /* rendezvous keys of this run's checkpoint steps */
 
-static uint64_t sum64(uint64_t h, const uint8_t *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ p[i]) * 0x100000001b3ull;
-    return h;
-}
-#define SUM_INIT 0xcbf29ce484222325ull
 
 /* Every node says its status; all return the first failure (a node's own failure first). */
 static int agree(const char *what, int mine)
@@ -99,7 +87,7 @@ static void put(struct out *o, const void *p, size_t n)
 {
     if (o->err || fwrite(p, 1, n, o->f) != n)
         o->err = 1;
-    o->sum = sum64(o->sum, p, n);
+    o->sum = dsm_ckpt_sum(o->sum, p, n);
     o->len += n;
 }
 
@@ -114,9 +102,9 @@ static void put_section(struct out *o, uint32_t tag, const uint8_t *b, size_t n)
 
 static void header(uint8_t *h, uint64_t code, uint64_t payload, uint64_t sum)
 {
-    memset(h, 0, HDR_LEN);
-    dsm_le64_put(h, PART_MAGIC);
-    dsm_le32_put(h + 8, CKPT_VERSION);
+    memset(h, 0, DSM_CKPT_HDR_LEN);
+    dsm_le64_put(h, DSM_CKPT_PART_MAGIC);
+    dsm_le32_put(h + 8, DSM_CKPT_VERSION);
     dsm_le32_put(h + 12, (uint32_t)dsm_core_rank());
     dsm_le32_put(h + 16, (uint32_t)dsm_core_size());
     dsm_le64_put(h + 24, code);
@@ -141,13 +129,13 @@ static int write_part(const char *file, uint64_t *len_p, uint64_t *sum_p)
 {
     uint64_t canary, guard, code, root;
     dsm_mig_secrets(&canary, &guard, &code, &root);
-    struct out o = {.f = fopen(file, "wbx"), .sum = SUM_INIT};
+    struct out o = {.f = fopen(file, "wbx"), .sum = DSM_CKPT_SUM_INIT};
     if (!o.f) {
         dsm_err("dsm_checkpoint: cannot create %s: %s", file, strerror(errno));
         return DSM_ESYS;
     }
-    uint8_t h[HDR_LEN] = {0};
-    if (fwrite(h, 1, HDR_LEN, o.f) != HDR_LEN) /* the header comes last, once the payload's sum is known */
+    uint8_t h[DSM_CKPT_HDR_LEN] = {0};
+    if (fwrite(h, 1, DSM_CKPT_HDR_LEN, o.f) != DSM_CKPT_HDR_LEN) /* the header comes last, once the payload's sum is known */
         o.err = 1;
     uint8_t *b = NULL;
     size_t n;
@@ -155,19 +143,19 @@ static int write_part(const char *file, uint64_t *len_p, uint64_t *sum_p)
     if ((n = dsm_alloc_save(&b)) == 0)
         rc = DSM_ENOMEM;
     else
-        put_section(&o, SEC_ALLOC, b, n);
+        put_section(&o, DSM_CKPT_SEC_ALLOC, b, n);
     free(b);
     b = NULL;
     if (rc == DSM_OK && (n = dsm_malloc_save(&b)) == 0)
         rc = DSM_ENOMEM;
     else if (rc == DSM_OK)
-        put_section(&o, SEC_MALLOC, b, n);
+        put_section(&o, DSM_CKPT_SEC_MALLOC, b, n);
     free(b);
     b = NULL;
     if (rc == DSM_OK && (n = dsm_mig_save_threads(&b)) == 0)
         rc = DSM_ENOMEM;
     else if (rc == DSM_OK)
-        put_section(&o, SEC_THREADS, b, n);
+        put_section(&o, DSM_CKPT_SEC_THREADS, b, n);
     free(b);
     /* Pages: counted first, then read coherently (a Modified copy elsewhere is recalled) and written. */
     size_t hwm = dsm_malloc_hwm(), limit = dsm_region.mapped >> DSM_PAGE_SHIFT, count = 0;
@@ -178,7 +166,7 @@ static int write_part(const char *file, uint64_t *len_p, uint64_t *sum_p)
         count += page_kind_here(p, hwm) != DSM_KIND_NONE;
     }
     uint8_t sec[24] = {0};
-    dsm_le32_put(sec, SEC_PAGES);
+    dsm_le32_put(sec, DSM_CKPT_SEC_PAGES);
     dsm_le64_put(sec + 8, 8 + count * (8 + DSM_PAGE_SIZE));
     dsm_le64_put(sec + 16, count);
     put(&o, sec, sizeof sec);
@@ -197,7 +185,7 @@ static int write_part(const char *file, uint64_t *len_p, uint64_t *sum_p)
         put(&o, rec, sizeof rec);
     }
     header(h, code, o.len, o.sum);
-    if (rc == DSM_OK && !o.err && (fseek(o.f, 0, SEEK_SET) != 0 || fwrite(h, 1, HDR_LEN, o.f) != HDR_LEN))
+    if (rc == DSM_OK && !o.err && (fseek(o.f, 0, SEEK_SET) != 0 || fwrite(h, 1, DSM_CKPT_HDR_LEN, o.f) != DSM_CKPT_HDR_LEN))
         o.err = 1;
     if (fflush(o.f) != 0 || fsync(fileno(o.f)) != 0)
         o.err = 1;
@@ -207,7 +195,7 @@ static int write_part(const char *file, uint64_t *len_p, uint64_t *sum_p)
         dsm_err("dsm_checkpoint: writing %s failed: %s", file, strerror(errno));
         rc = DSM_ESYS;
     }
-    *len_p = o.len + HDR_LEN;
+    *len_p = o.len + DSM_CKPT_HDR_LEN;
     *sum_p = o.sum;
     return rc;
 }
@@ -247,8 +235,8 @@ static int write_manifest(const char *path, const char *name, const uint64_t *le
     uint8_t *m = calloc(1, n);
     if (!m)
         return DSM_ENOMEM;
-    dsm_le64_put(m, MANI_MAGIC);
-    dsm_le32_put(m + 8, CKPT_VERSION);
+    dsm_le64_put(m, DSM_CKPT_MANI_MAGIC);
+    dsm_le32_put(m + 8, DSM_CKPT_VERSION);
     dsm_le32_put(m + 12, (uint32_t)size);
     dsm_le64_put(m + 16, code);
     dsm_le64_put(m + 24, canary);
@@ -259,7 +247,7 @@ static int write_manifest(const char *path, const char *name, const uint64_t *le
         dsm_le64_put(m + 56 + 16 * (size_t)r, lens[r]);
         dsm_le64_put(m + 64 + 16 * (size_t)r, sums[r]);
     }
-    dsm_le64_put(m + n - 8, sum64(SUM_INIT, m, n - 8));
+    dsm_le64_put(m + n - 8, dsm_ckpt_sum(DSM_CKPT_SUM_INIT, m, n - 8));
     char file[PATH_MAX], link[PATH_MAX], cur[PATH_MAX], old[PATH_MAX] = "";
     snprintf(file, sizeof file, "%s/%s/MANIFEST", path, name);
     snprintf(link, sizeof link, "%s/current.new", path);
@@ -370,8 +358,7 @@ DSM_API int dsm_checkpoint(const char *path)
 struct part {
     uint8_t *map;
     size_t len;
-    const uint8_t *sec[SEC_MAX];
-    size_t sec_len[SEC_MAX];
+    dsm_ckpt_part_t f;
 };
 
 static int fail(char *why, size_t wl, int rc, const char *fmt, const char *a, const char *b)
@@ -380,16 +367,23 @@ static int fail(char *why, size_t wl, int rc, const char *fmt, const char *a, co
     return rc;
 }
 
-/* Read and check path/current/MANIFEST and this node's part entire. Nothing is changed. */
+/* Read and check path/current/MANIFEST and this node's part entire (ckpt_fmt.c), then the tables it holds.
+ * Nothing is changed. */
 static int load(const char *path, struct part *pt, uint64_t *canary, uint64_t *guard, char *why, size_t wl)
 {
+    uint64_t c0, g0;
+    dsm_ckpt_expect_t e = {.rank = (uint32_t)dsm_core_rank(), .size = (uint32_t)dsm_core_size(),
+                           .region_size = dsm_region.size, .arena_pages = dsm_region.arena_pages,
+                           .npages = dsm_region.npages, .arena_first = dsm_region.arena_first,
+                           .page_size = DSM_PAGE_SIZE};
+    dsm_mig_secrets(&c0, &g0, &e.code, &e.root);
+    const char *bad = NULL;
     char file[PATH_MAX];
     snprintf(file, sizeof file, "%s/current/MANIFEST", path);
     int fd = open(file, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return fail(why, wl, DSM_EINVAL, "cannot open %s: %s", file, strerror(errno));
-    int size = dsm_core_size(), me = dsm_core_rank();
-    size_t n = 56 + 16 * (size_t)size + 8;
+    size_t n = dsm_ckpt_manifest_len(e.size);
     uint8_t *m = malloc(n + 1);
     ssize_t got = m ? read(fd, m, n + 1) : -1;
     close(fd);
@@ -397,39 +391,18 @@ static int load(const char *path, struct part *pt, uint64_t *canary, uint64_t *g
         free(m);
         return fail(why, wl, DSM_ESYS, "cannot read %s: %s", file, strerror(errno));
     }
-    uint64_t cn, gd, code, root;
-    dsm_mig_secrets(&cn, &gd, &code, &root);
-    int rc = DSM_OK;
-    if (got < 16 || dsm_le64_get(m) != MANI_MAGIC)
-        rc = fail(why, wl, DSM_EINVAL, "%s is not a libdsm checkpoint manifest%s", file, "");
-    else if (dsm_le32_get(m + 8) != CKPT_VERSION)
-        rc = fail(why, wl, DSM_EINVAL, "%s has another format version%s", file, "");
-    else if (dsm_le32_get(m + 12) != (uint32_t)size)
-        rc = fail(why, wl, DSM_EMISMATCH, "%s was written by a job with another node count%s", file, "");
-    else if ((size_t)got != n || dsm_le64_get(m + n - 8) != sum64(SUM_INIT, m, n - 8))
-        rc = fail(why, wl, DSM_EINVAL, "%s is truncated or corrupted (checksum)%s", file, "");
-    else if (dsm_le64_get(m + 16) != code)
-        rc = fail(why, wl, DSM_EMISMATCH, "%s was written by another binary (build-id or load addresses)%s", file,
-                  "");
-    else if (dsm_le64_get(m + 40) != root)
-        rc = fail(why, wl, DSM_EMISMATCH, "%s has another memory layout (dsm_root)%s", file, "");
     uint64_t want_len = 0, want_sum = 0;
-    if (rc == DSM_OK) {
-        *canary = dsm_le64_get(m + 24);
-        *guard = dsm_le64_get(m + 32);
-        want_len = dsm_le64_get(m + 56 + 16 * (size_t)me);
-        want_sum = dsm_le64_get(m + 64 + 16 * (size_t)me);
-    }
+    int rc = dsm_ckpt_parse_manifest(m, (size_t)got, &e, canary, guard, &want_len, &want_sum, &bad);
     free(m);
     if (rc != DSM_OK)
-        return rc;
+        return fail(why, wl, rc, "%s %s", file, bad);
 
-    snprintf(file, sizeof file, "%s/current/node%d.img", path, me);
+    snprintf(file, sizeof file, "%s/current/node%d.img", path, dsm_core_rank());
     fd = open(file, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return fail(why, wl, DSM_EINVAL, "cannot open %s: %s", file, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) != 0 || (uint64_t)st.st_size != want_len || want_len < HDR_LEN) {
+    if (fstat(fd, &st) != 0 || (uint64_t)st.st_size != want_len || want_len < DSM_CKPT_HDR_LEN) {
         close(fd);
         return fail(why, wl, DSM_EINVAL, "%s is truncated or has another size than its manifest says%s", file, "");
     }
@@ -440,47 +413,15 @@ static int load(const char *path, struct part *pt, uint64_t *canary, uint64_t *g
         pt->map = NULL;
         return fail(why, wl, DSM_ESYS, "cannot map %s: %s", file, strerror(errno));
     }
-    const uint8_t *h = pt->map, *pay = h + HDR_LEN;
-    size_t plen = pt->len - HDR_LEN;
-    if (dsm_le64_get(h) != PART_MAGIC || dsm_le32_get(h + 8) != CKPT_VERSION || dsm_le32_get(h + 12) != (uint32_t)me ||
-        dsm_le32_get(h + 16) != (uint32_t)size || dsm_le64_get(h + 24) != code)
-        return fail(why, wl, DSM_EINVAL, "%s is not this node's part of this checkpoint%s", file, "");
-    if (dsm_le64_get(h + 32) != dsm_region.size || dsm_le64_get(h + 40) != dsm_region.arena_pages)
-        return fail(why, wl, DSM_EMISMATCH, "%s was written with another DSM_HEAP_SIZE%s", file, "");
-    if (dsm_le64_get(h + 48) != plen || dsm_le64_get(h + 56) != want_sum || sum64(SUM_INIT, pay, plen) != want_sum)
-        return fail(why, wl, DSM_EINVAL, "%s is corrupted (checksum)%s", file, "");
-    for (size_t at = 0; at < plen;) {
-        if (plen - at < 16)
-            return fail(why, wl, DSM_EINVAL, "%s: a section is cut%s", file, "");
-        uint32_t tag = dsm_le32_get(pay + at);
-        uint64_t l = dsm_le64_get(pay + at + 8);
-        at += 16;
-        if (tag == 0 || tag >= SEC_MAX || pt->sec[tag] || l > plen - at)
-            return fail(why, wl, DSM_EINVAL, "%s: bad section%s", file, "");
-        pt->sec[tag] = pay + at;
-        pt->sec_len[tag] = l;
-        at += l;
-    }
-    const uint8_t *pg = pt->sec[SEC_PAGES];
-    size_t pl = pt->sec_len[SEC_PAGES];
-    if (!pt->sec[SEC_ALLOC] || !pt->sec[SEC_MALLOC] || !pt->sec[SEC_THREADS] || !pg || pl < 8)
-        return fail(why, wl, DSM_EINVAL, "%s: a section is missing%s", file, "");
-    if (!dsm_alloc_check(pt->sec[SEC_ALLOC], pt->sec_len[SEC_ALLOC]))
+    if ((rc = dsm_ckpt_parse_part(pt->map, pt->len, want_len, want_sum, &e, &pt->f, &bad)) != DSM_OK)
+        return fail(why, wl, rc, "%s %s", file, bad);
+    if (!dsm_alloc_check(pt->f.sec[DSM_CKPT_SEC_ALLOC], pt->f.sec_len[DSM_CKPT_SEC_ALLOC]))
         return fail(why, wl, DSM_EINVAL, "%s: bad allocation table, or dsm_restore was not called right after "
                                          "dsm_init (memory was allocated)%s", file, "");
-    if (!dsm_malloc_check(pt->sec[SEC_MALLOC], pt->sec_len[SEC_MALLOC]))
+    if (!dsm_malloc_check(pt->f.sec[DSM_CKPT_SEC_MALLOC], pt->f.sec_len[DSM_CKPT_SEC_MALLOC]))
         return fail(why, wl, DSM_EINVAL, "%s: bad dsm_malloc table%s", file, "");
-    if (!dsm_mig_check_threads(pt->sec[SEC_THREADS], pt->sec_len[SEC_THREADS]))
+    if (!dsm_mig_check_threads(pt->f.sec[DSM_CKPT_SEC_THREADS], pt->f.sec_len[DSM_CKPT_SEC_THREADS]))
         return fail(why, wl, DSM_EINVAL, "%s: bad thread table%s", file, "");
-    uint64_t count = dsm_le64_get(pg);
-    if (count > (pl - 8) / (8 + DSM_PAGE_SIZE) || pl != 8 + count * (8 + DSM_PAGE_SIZE))
-        return fail(why, wl, DSM_EINVAL, "%s: bad page section%s", file, "");
-    size_t arena = dsm_region.arena_first + (size_t)me * dsm_region.arena_pages;
-    for (uint64_t i = 0; i < count; i++) {
-        uint64_t p = dsm_le64_get(pg + 8 + i * (8 + DSM_PAGE_SIZE));
-        if (p >= dsm_region.npages || (p >= dsm_region.arena_first && (p < arena || p >= arena + dsm_region.arena_pages)))
-            return fail(why, wl, DSM_EINVAL, "%s: a page outside this node's memory%s", file, "");
-    }
     return DSM_OK;
 }
 
@@ -504,9 +445,9 @@ DSM_API int dsm_restore(const char *path)
         dsm_err("dsm_restore: %s; nothing was changed", why);
     rc = agree("restore", rc);
     if (rc == DSM_OK) {
-        rc = dsm_alloc_load(pt.sec[SEC_ALLOC], pt.sec_len[SEC_ALLOC]); /* collective: grows the range */
+        rc = dsm_alloc_load(pt.f.sec[DSM_CKPT_SEC_ALLOC], pt.f.sec_len[DSM_CKPT_SEC_ALLOC]); /* collective: grows the range */
         if (rc == DSM_OK)
-            rc = dsm_malloc_load(pt.sec[SEC_MALLOC], pt.sec_len[SEC_MALLOC]);
+            rc = dsm_malloc_load(pt.f.sec[DSM_CKPT_SEC_MALLOC], pt.f.sec_len[DSM_CKPT_SEC_MALLOC]);
         if (rc == DSM_OK) {
             /* dsm_root's page is the one a node may have read before: forget every copy of it. Then nobody
              * holds a copy, and this node's memory is each page it is home of. */
@@ -516,13 +457,13 @@ DSM_API int dsm_restore(const char *path)
             dsm_pg_reset(rp, 1);
             if (dsm_page_home(rp) == dsm_core_rank())
                 dsm_dir_reset(rp, 1);
-            const uint8_t *pg = pt.sec[SEC_PAGES];
+            const uint8_t *pg = pt.f.sec[DSM_CKPT_SEC_PAGES];
             uint64_t count = dsm_le64_get(pg);
             for (uint64_t i = 0; i < count; i++) {
                 const uint8_t *r = pg + 8 + i * (8 + DSM_PAGE_SIZE);
                 memcpy(dsm_region.sys + (dsm_le64_get(r) << DSM_PAGE_SHIFT), r + 8, DSM_PAGE_SIZE);
             }
-            dsm_mig_load_threads(pt.sec[SEC_THREADS], pt.sec_len[SEC_THREADS]);
+            dsm_mig_load_threads(pt.f.sec[DSM_CKPT_SEC_THREADS], pt.f.sec_len[DSM_CKPT_SEC_THREADS]);
             dsm_mig_adopt(canary, guard);
         }
         if (rc != DSM_OK)

@@ -56,6 +56,9 @@ int main(int argc, char **argv)
     nodes = dsm_size();
     visits = dsm_alloc(NT * (size_t)nodes * sizeof *visits);
     MT_CHECK(visits, "dsm_alloc");
+    /* visits is a private global: a thread reads the copy of the node it runs on, so every node must have
+     * stored it before the first thread arrives. */
+    MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
     if (dsm_rank() == 0) {
         dsm_thread_t t[NT];
         for (int i = 0; i < NT; i++) {
