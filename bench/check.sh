@@ -35,7 +35,7 @@ want = ["base/fault_local", "base/tcp_rr/8", "base/tcp_rr/4096", "base/shm_pingp
         "tp/am_pingpong/8", "tp/am_pingpong/4096", "tp/am_rate", "tp/rma_lat/4096/0", "tp/rma_lat/1048576/1",
         "tp/put_bw/1048576", "tp/atomic/0", "tp/atomic/1", "coh/read_miss/0", "coh/write_miss/0", "coh/write_miss/1",
         "coh/upgrade", "coh/page_pingpong", "coh/fault_tput/4", "sync/barrier", "sync/lock/0", "sync/lock/1",
-        "bulk/dsm/4096/0", "bulk/dsm/16777216/1"]
+        "mig/migrate/0", "mig/migrate/1", "bulk/dsm/4096/0", "bulk/dsm/16777216/1"]
 missing = [w for w in want if w not in names]
 assert not missing, f"missing {missing}"
 for k, b in names.items():

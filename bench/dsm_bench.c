@@ -775,6 +775,72 @@ static void b_lock(dsm_bench_state_t *st)
     barrier();
 }
 
+/* ---- migration: a dsm thread of rank 0 goes to rank 1 and back; a remote spawn and its join ---- */
+
+struct mig_run {
+    int64_t n;
+    double *times; /* [n], shared memory homed at rank 0: written by the thread when it is back there */
+};
+
+static void *mig_roundtrips(void *arg)
+{
+    struct mig_run *r = arg;
+    for (int64_t i = 0; i < r->n; i++) {
+        double t0 = dsm_bench_now();
+        check(dsm_migrate(1), "dsm_migrate");
+        check(dsm_migrate(0), "dsm_migrate");
+        r->times[i] = dsm_bench_now() - t0; /* both clock readings on rank 0 */
+    }
+    return NULL;
+}
+
+static void *mig_nothing(void *arg)
+{
+    return arg;
+}
+
+/* arg 0: 0 a migration round trip (0 -> 1 -> 0, its stack pages following), 1 dsm_thread_create on rank 1 +
+ * dsm_thread_join from rank 0. */
+static void b_migrate(dsm_bench_state_t *st)
+{
+    int spawn = (int)dsm_bench_arg(st, 0);
+    barrier();
+    if (me != 0) {
+        sit_out(st);
+        barrier();
+        return;
+    }
+    if (spawn) {
+        while (dsm_bench_next(st)) {
+            dsm_thread_t t;
+            void *ret = NULL;
+            double t0 = dsm_bench_now();
+            check(dsm_thread_create(&t, 1, mig_nothing, (void *)1), "dsm_thread_create");
+            check(dsm_thread_join(t, &ret), "dsm_thread_join");
+            dsm_bench_set_time(st, dsm_bench_now() - t0);
+            if (ret != (void *)1)
+                check(DSM_EPROTO, "the joined thread's value");
+        }
+    } else {
+        int64_t n = dsm_bench_max_iterations(st);
+        struct mig_run *r = dsm_malloc(sizeof *r);
+        double *times = dsm_malloc((size_t)n * sizeof *times);
+        if (!r || !times)
+            check(dsm_last_error(), "dsm_malloc");
+        r->n = n;
+        r->times = times;
+        dsm_thread_t t;
+        check(dsm_thread_create(&t, 0, mig_roundtrips, r), "dsm_thread_create");
+        check(dsm_thread_join(t, NULL), "dsm_thread_join");
+        int64_t i = 0;
+        while (dsm_bench_next(st))
+            dsm_bench_set_time(st, times[i++]);
+        dsm_free(times);
+        dsm_free(r);
+    }
+    barrier();
+}
+
 /* ---- bulk: dsm_get / dsm_put of arg 0 bytes homed at rank 1; rank 1 takes the range back between rounds ---- */
 
 static char *bulk_mem, *bulk_local;
@@ -941,6 +1007,8 @@ static void register_all(void)
     reg("sync/barrier", b_barrier, 500, NULL, 0, 0);
     static const int64_t lk[] = {0, 1};
     reg("sync/lock", b_lock, 500, lk, 2, 0);
+    static const int64_t mig[] = {0, 1};
+    reg("mig/migrate", b_migrate, 200, mig, 2, 0);
     int64_t bulk_args[2 * 7 * 2]; /* 4 KiB to 16 MiB by 4, get and put */
     k = 0;
     for (int put = 0; put < 2; put++)
