@@ -13,10 +13,12 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "dsm.h"
 #include "libdsm/core.h"
 #include "libdsm/heartbeat.h"
+#include "libdsm/log.h"
 
 static struct {
     int size, rank;
@@ -61,6 +63,21 @@ int dsm_hb_setup(int rank, int size, int timeout_s)
     for (int p = 0; p < size; p++)
         hb.last_rx[p] = now;
     return dsm_am_register(DSM_AM_HEARTBEAT, on_heartbeat, NULL);
+}
+
+/* A host that runs more ranks than it has cores gives each a share of a core, and a peer there may stay silent
+ * longer without being stopped or hung (128 ranks on 2 cores, DESIGN.md 4.7): the silence allowed grows by this
+ * host's oversubscription, rounded up (a job's ranks are spread alike, so it stands for the peers' hosts too).
+ * Heartbeats are still sent every tenth of DSM_TIMEOUT. */
+void dsm_hb_scale(int ranks_here)
+{
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cores <= 0 || ranks_here <= cores)
+        return;
+    int64_t f = (ranks_here + cores - 1) / cores;
+    hb.timeout_ms *= f;
+    dsm_info("heartbeats: %d ranks on %ld cores here: a peer is lost after %lld s of silence (DSM_TIMEOUT x %lld)",
+             ranks_here, cores, (long long)(hb.timeout_ms / 1000), (long long)f);
 }
 
 static void *hb_main(void *arg)

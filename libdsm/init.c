@@ -957,7 +957,9 @@ DSM_API int dsm_init_version(int api_version, int *argc, char ***argv)
         snprintf(err, sizeof err, "%s", dsm_strerror(rc));
         goto fail;
     }
-    dsm_wait_choose(core.cfg.wait_mode, core.size == 1 ? 1 : ranks_on_this_host());
+    int here = core.size == 1 ? 1 : ranks_on_this_host();
+    dsm_wait_choose(core.cfg.wait_mode, here);
+    dsm_hb_scale(here);
     if (core.size == 1) {
         snprintf(core.tp_name, sizeof core.tp_name, "self");
     } else {

@@ -38,7 +38,7 @@ const struct dsm_setting dsm_settings[] = {
     {"DSM_STATS", "0", "1: print per-node counters (messages, faults, pages, invalidations) and the most moved pages at dsm_finalize; 2: also the time of each phase of a read miss"},
     {"DSM_WAIT", "adaptive",
      "how a thread waits for a reply: spin, block, adaptive (spin briefly, then sleep); block when this host runs more ranks than it has cores"},
-    {"DSM_TIMEOUT", "30", "seconds without progress before a peer or the rendezvous is declared lost"},
+    {"DSM_TIMEOUT", "30", "seconds without progress before a peer or the rendezvous is declared lost (missing heartbeats: times the ranks per core of an oversubscribed host)"},
     {"DSM_BASE", "0x200000000000", "address of the shared range, identical on every node (sanitizers need their own)"},
     {"DSM_HEAP_SIZE", "64G", "size of the reserved shared range (address space, not memory); suffixes K, M, G, T"},
     {"DSM_RANK", NULL, "bootstrap by hand: this process's rank (set by dsmrun)"},
