@@ -44,8 +44,10 @@ static int on_heartbeat(void *arg, int src, uint8_t id, const void *hdr, size_t 
     (void)id;
     (void)hdr;
     (void)p;
-    if (hdr_len || len || src < 0 || src >= hb.size || !hb.last_rx)
+    if (hdr_len || len || src < 0 || src >= hb.size)
         return DSM_EPROTO;
+    /* After this node stopped its heartbeats (dsm_finalize), a peer that has not said bye yet still sends some:
+     * they are welcome, and the table stays until the next dsm_init. */
     __atomic_store_n(&hb.last_rx[src], mono_ms(), __ATOMIC_RELAXED);
     return DSM_OK;
 }
@@ -69,15 +71,16 @@ int dsm_hb_setup(int rank, int size, int timeout_s)
  * longer without being stopped or hung (128 ranks on 2 cores, DESIGN.md 4.7): the silence allowed grows by this
  * host's oversubscription, rounded up (a job's ranks are spread alike, so it stands for the peers' hosts too).
  * Heartbeats are still sent every tenth of DSM_TIMEOUT. */
-void dsm_hb_scale(int ranks_here)
+int dsm_hb_scale(int ranks_here)
 {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     if (cores <= 0 || ranks_here <= cores)
-        return;
+        return 1;
     int64_t f = (ranks_here + cores - 1) / cores;
     hb.timeout_ms *= f;
     dsm_info("heartbeats: %d ranks on %ld cores here: a peer is lost after %lld s of silence (DSM_TIMEOUT x %lld)",
              ranks_here, cores, (long long)(hb.timeout_ms / 1000), (long long)f);
+    return (int)f;
 }
 
 static void *hb_main(void *arg)
@@ -144,7 +147,5 @@ void dsm_hb_stop(void)
         pthread_cond_destroy(&hb.cond);
         hb.running = 0;
     }
-    free(hb.last_rx);
-    hb.last_rx = NULL;
-    hb.size = 0;
+    /* last_rx and size stay: heartbeats of peers still arrive (on_heartbeat); dsm_hb_setup replaces them. */
 }

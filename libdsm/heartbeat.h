@@ -6,8 +6,9 @@
 /* Register the heartbeat handler (before any connection is up, so a peer's first heartbeat finds it). */
 int dsm_hb_setup(int rank, int size, int timeout_s);
 /* Start sending and watching (after the connections are up). */
-/* After dsm_hb_setup: the silence allowed grows by how many ranks this host runs per core (when more than 1). */
-void dsm_hb_scale(int ranks_here);
+/* After dsm_hb_setup: the silence allowed grows by how many ranks this host runs per core (when more than 1);
+ * returns that factor (1 when the host is not oversubscribed). */
+int dsm_hb_scale(int ranks_here);
 int dsm_hb_start(void);
 /* Stop and free (before this node says bye; idempotent). */
 void dsm_hb_stop(void);

@@ -44,6 +44,7 @@ static struct {
     pthread_mutex_t lock;  /* init/finalize */
     int up;
     int finalizing;
+    int oversub; /* ranks per core on this host, rounded up (1 when not oversubscribed) */
     dsm_config_t cfg;
     dsm_boot_t boot;
     int rank, size;
@@ -959,7 +960,7 @@ DSM_API int dsm_init_version(int api_version, int *argc, char ***argv)
     }
     int here = core.size == 1 ? 1 : ranks_on_this_host();
     dsm_wait_choose(core.cfg.wait_mode, here);
-    dsm_hb_scale(here);
+    core.oversub = dsm_hb_scale(here);
     if (core.size == 1) {
         snprintf(core.tp_name, sizeof core.tp_name, "self");
     } else {
@@ -1004,7 +1005,9 @@ DSM_API int dsm_finalize(void)
     for (int p = 0; rc == DSM_OK && p < core.size; p++)
         if (p != core.rank)
             rc = PEER_TP(p)->ops->bye(PEER_TP(p)->tp, p);
-    int64_t deadline = now_ms() + (int64_t)core.cfg.timeout_s * 1000;
+    /* A peer on an oversubscribed host may take long to be scheduled for its byes (128 ranks on 2 cores): the
+     * wait grows as the heartbeats' limit does; a dead peer is found sooner, by its connection. */
+    int64_t deadline = now_ms() + (int64_t)core.cfg.timeout_s * 1000 * core.oversub;
     for (int p = 0; rc == DSM_OK && p < core.size; p++) {
         while (p != core.rank && !PEER_TP(p)->ops->peer_left(PEER_TP(p)->tp, p)) {
             if (now_ms() > deadline) {
