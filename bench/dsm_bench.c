@@ -127,15 +127,23 @@ static void barrier(void)
     check(dsm_barrier(), "barrier");
 }
 
+/* Start of a body only rank 0 times: a barrier, then the other ranks sit out the loop and wait in the closing
+ * barrier. Returns 1 on those ranks (the body returns), 0 on rank 0, which ends with barrier() itself. */
+static int rank0_alone(dsm_bench_state_t *st)
+{
+    barrier();
+    if (me == 0)
+        return 0;
+    sit_out(st);
+    barrier();
+    return 1;
+}
+
 /* Rank 0 writes page i of p at iteration i, each write timed; the other ranks sit out. Between barriers. */
 static void time_first_writes(dsm_bench_state_t *st, char *p)
 {
-    barrier();
-    if (me != 0) {
-        sit_out(st);
-        barrier();
+    if (rank0_alone(st))
         return;
-    }
     int64_t i = 0;
     while (dsm_bench_next(st)) {
         double t0 = dsm_bench_now();
@@ -382,12 +390,8 @@ static void b_am_pingpong(dsm_bench_state_t *st)
 {
     size_t len = (size_t)dsm_bench_arg(st, 0);
     uint8_t hdr[8] = {0};
-    barrier();
-    if (me != 0) {
-        sit_out(st);
-        barrier();
+    if (rank0_alone(st))
         return;
-    }
     uint32_t want = __atomic_load_n(&pongs, __ATOMIC_ACQUIRE);
     while (dsm_bench_next(st)) {
         double t0 = dsm_bench_now();
@@ -446,12 +450,8 @@ static void b_rma(dsm_bench_state_t *st)
     size_t len = (size_t)dsm_bench_arg(st, 0);
     int get = (int)dsm_bench_arg(st, 1);
     static char local[RMA_LEN];
-    barrier();
-    if (me != 0) {
-        sit_out(st);
-        barrier();
+    if (rank0_alone(st))
         return;
-    }
     while (dsm_bench_next(st)) {
         double t0 = dsm_bench_now();
         if (get) {
@@ -472,12 +472,8 @@ static void b_rma_bw(dsm_bench_state_t *st)
     enum { WINDOW = 16 };
     static char local[RMA_LEN];
     dsm_tp_req_t req[WINDOW];
-    barrier();
-    if (me != 0) {
-        sit_out(st);
-        barrier();
+    if (rank0_alone(st))
         return;
-    }
     while (dsm_bench_next(st)) {
         double t0 = dsm_bench_now();
         for (int k = 0; k < WINDOW; k++) {
@@ -499,12 +495,8 @@ static void b_atomic(dsm_bench_state_t *st)
 {
     int cas = (int)dsm_bench_arg(st, 0);
     uint64_t *w = atomics + PAGE / 8 * 1;  /* the second page: homed at rank 1 (block-wise, one page each) */
-    barrier();
-    if (me != 0) {
-        sit_out(st);
-        barrier();
+    if (rank0_alone(st))
         return;
-    }
     uint64_t v = 0;
     while (dsm_bench_next(st)) {
         double t0 = dsm_bench_now();
@@ -804,12 +796,8 @@ static void *mig_nothing(void *arg)
 static void b_migrate(dsm_bench_state_t *st)
 {
     int spawn = (int)dsm_bench_arg(st, 0);
-    barrier();
-    if (me != 0) {
-        sit_out(st);
-        barrier();
+    if (rank0_alone(st))
         return;
-    }
     if (spawn) {
         while (dsm_bench_next(st)) {
             dsm_thread_t t;
