@@ -32,6 +32,10 @@ enum {
  * takes DSM_COH_PLACED): written straight into to's system view when its provider can and the page is
  * registered, else as the payload. The caller's protocol keeps the page unchanged until to has handled it. */
 int dsm_coh_send_page(int to, uint8_t id, uint8_t *hdr, size_t hl, size_t p);
+/* A GRANT to the reply slot token that to's request named (core.h dsm_rma_reply): the page, when with_data, put
+ * straight into to's system view, then the header to the faulting thread itself. The page is registered and the
+ * pair has reply slots, or to would not have named a slot (checked again here: DSM_EPROTO). */
+int dsm_coh_grant_direct(int to, uint32_t token, uint8_t *hdr, size_t hl, size_t p, int with_data);
 
 /* The page a coherence message names: its header is want bytes starting with the u64 page index, and the page
  * must be coherent shared memory homed on node home. Returns 1 and sets *p_out, or 0 for a malformed message. */
@@ -64,8 +68,9 @@ void dsm_pg_reset(size_t p, size_t n);
 extern unsigned dsm_dir_debug_drop_inv;
 int dsm_dir_setup(void);
 void dsm_dir_teardown(void);
-/* A request from node src for page p homed here (src may be this node). */
-void dsm_dir_request(size_t p, int src, int mode);
+/* A request from node src for page p homed here (src may be this node); token: src's reply slot for the grant,
+ * or 0 (the grant goes as a message). */
+void dsm_dir_request(size_t p, int src, int mode, uint32_t token);
 /* Reset the directory entries of [p, p+n) to Uncached, owned by the home (dsm_alloc, dsm_dealloc). */
 void dsm_dir_reset(size_t p, size_t n);
 

@@ -70,6 +70,15 @@ int dsm_rma_put_notify_nb(int peer, const void *src, size_t len, const dsm_mreg_
 int dsm_rma_get_nb(int peer, void *dst, size_t len, const dsm_mreg_t *m, uint64_t off, dsm_tp_req_t *req);
 int dsm_rma_atomic_nb(int peer, enum dsm_tp_atomic_op op, const dsm_mreg_t *m, uint64_t off, uint64_t operand,
                       uint64_t compare, dsm_tp_req_t *req);
+/* Direct replies (transport.h ABI 5): does the pair's provider have reply slots; arm one for one answer from
+ * peer (0: none free or no slots, the answer comes as a message); wait for it (DSM_OK once handled, in this
+ * thread unless progress got there first; DSM_ETIMEDOUT: still armed); answer a request that named a token,
+ * with the data (len 0: none) put into m at off first. */
+int dsm_core_peer_replies(int peer);
+uint32_t dsm_reply_arm(int peer);
+int dsm_reply_wait(int peer, uint32_t token, int timeout_ms);
+int dsm_rma_reply(int peer, uint32_t token, const void *src, size_t len, const dsm_mreg_t *m, uint64_t off,
+                  uint8_t am_id, const void *hdr, size_t hdr_len);
 /* Blocking forms. */
 int dsm_rma_put(int peer, const void *src, size_t len, const dsm_mreg_t *m, uint64_t off);
 int dsm_rma_get(int peer, void *dst, size_t len, const dsm_mreg_t *m, uint64_t off);

@@ -39,6 +39,14 @@
  *   - Two nodes upgrade at once: invariant 1 orders them; the second is the case above.
  *   - An INV or RECALL crossing a request from the same node: invariant 4 and the queue keep them apart.
  *
+ * Direct grants: a request may name the requester's reply slot (transport.h ABI 5); its grant then goes there,
+ * to the faulting thread, past the requester's progress thread. That may put the grant ahead of messages this
+ * home sent the requester earlier, never of one it sends later (the provider's rule). Earlier ones are safe to
+ * overtake: none concerns the same page (an INV or RECALL keeps the entry busy until acknowledged, so the
+ * requester handled it before the home serves it again), and for other pages they only ask the requester to give
+ * up a copy (INV, RECALL: the write waiting for it has not happened yet) or grant something (a later handling is
+ * a slower network). Invariant 4 holds for every message sent after the grant.
+ *
  * Locks: a per-entry spin lock; the order is directory entry, then the page's node-side lock (pg_fault.c).
  * Requests from this node's own faulting threads run here directly, in that thread; messages run on the
  * progress thread. Nothing here waits for a remote reply: a transaction that needs one returns and resumes in
@@ -70,6 +78,7 @@ struct dir {
     uint8_t req_had;    /* the requester was a sharer when its GETM was served */
     int32_t owner;
     int32_t req;
+    uint32_t req_token; /* the requester's reply slot for its grant, or 0 */
     uint32_t acks;      /* invalidations not acknowledged yet */
     uint32_t qhead, qtail;  /* waiting requests: pool indices, 0 = none */
     uint64_t sharers[]; /* a bit per node */
@@ -78,6 +87,7 @@ struct dir {
 struct waiter {
     uint32_t next;
     int32_t node;
+    uint32_t token;
     uint8_t mode;
 };
 
@@ -133,7 +143,7 @@ static void clear_sharers(struct dir *d)
 
 /* ---- wait queue ---- */
 
-static void enqueue(struct dir *d, int node, int mode)
+static void enqueue(struct dir *d, int node, int mode, uint32_t token)
 {
     spin_lock(&pool_lock);
     uint32_t i = pool_free;
@@ -144,7 +154,7 @@ static void enqueue(struct dir *d, int node, int mode)
     spin_unlock(&pool_lock);
     if (!i)
         dsm_fail_stop(-1, "too many page requests waiting at this home (pool exhausted)");
-    pool[i] = (struct waiter){.next = 0, .node = node, .mode = (uint8_t)mode};
+    pool[i] = (struct waiter){.next = 0, .node = node, .token = token, .mode = (uint8_t)mode};
     if (d->qtail)
         pool[d->qtail].next = i;
     else
@@ -152,7 +162,7 @@ static void enqueue(struct dir *d, int node, int mode)
     d->qtail = i;
 }
 
-static int dequeue(struct dir *d, int *node, int *mode)
+static int dequeue(struct dir *d, int *node, int *mode, uint32_t *token)
 {
     uint32_t i = d->qhead;
     if (!i)
@@ -162,6 +172,7 @@ static int dequeue(struct dir *d, int *node, int *mode)
         d->qtail = 0;
     *node = pool[i].node;
     *mode = pool[i].mode;
+    *token = pool[i].token;
     spin_lock(&pool_lock);
     pool[i].next = pool_free;
     pool_free = i;
@@ -177,7 +188,7 @@ static void send_or_die(int to, uint8_t id, const void *hdr, size_t hl, const vo
         dsm_fail_stop(to, "cannot send a coherence message");
 }
 
-static void grant(size_t p, int to, int mode, int with_data)
+static void grant(size_t p, int to, int mode, int with_data, uint32_t token)
 {
     if (to == dsm_core_rank()) {
         if (dsm_pg_grant(p, mode, NULL, 0) != DSM_OK)
@@ -192,8 +203,9 @@ static void grant(size_t p, int to, int mode, int with_data)
         dsm_stats_page_moved(p);
     }
     dsm_credit_answered(to, DSM_CHAN_REQ);
-    int rc = with_data ? dsm_coh_send_page(to, DSM_AM_GRANT, h, sizeof h, p)
-                       : dsm_am_send(to, DSM_AM_GRANT, h, sizeof h, NULL, 0);
+    int rc = token ? dsm_coh_grant_direct(to, token, h, sizeof h, p, with_data)
+             : with_data ? dsm_coh_send_page(to, DSM_AM_GRANT, h, sizeof h, p)
+                         : dsm_am_send(to, DSM_AM_GRANT, h, sizeof h, NULL, 0);
     if (rc != DSM_OK)
         dsm_fail_stop(to, "cannot send a coherence message");
 }
@@ -201,7 +213,7 @@ static void grant(size_t p, int to, int mode, int with_data)
 /* ---- serving ---- */
 
 /* Serve one request; the entry is locked and not busy. Leaves it busy when a reply is needed. */
-static void serve(size_t p, struct dir *d, int r, int mode)
+static void serve(size_t p, struct dir *d, int r, int mode, uint32_t token)
 {
     int me = dsm_core_rank(), n = dsm_core_size();
     uint8_t h[9];
@@ -214,6 +226,7 @@ static void serve(size_t p, struct dir *d, int r, int mode)
         } else {
             d->busy = BUSY_RECALL;
             d->req = r;
+            d->req_token = token;
             d->req_mode = (uint8_t)mode;
             h[8] = (uint8_t)keep;
             send_or_die(o, DSM_AM_RECALL, h, sizeof h, NULL, 0);
@@ -229,18 +242,18 @@ static void serve(size_t p, struct dir *d, int r, int mode)
             d->state = DIR_M;
             d->owner = r;
         }
-        grant(p, r, mode, r != me);
+        grant(p, r, mode, r != me, token);
         return;
     }
     if (d->state == DIR_M) {
         /* r already owns it (a request that crossed its own grant cannot happen, invariant 4): re-grant. */
-        grant(p, r, DSM_PG_M, 0);
+        grant(p, r, DSM_PG_M, 0, token);
         return;
     }
     if (mode == DSM_PG_S) {
         d->state = DIR_S;
         set_sharer(d, r);
-        grant(p, r, DSM_PG_S, r != me);
+        grant(p, r, DSM_PG_S, r != me, token);
         return;
     }
     /* GETM on U or S. */
@@ -271,31 +284,33 @@ static void serve(size_t p, struct dir *d, int r, int mode)
         d->busy = BUSY_INV;
         d->acks = acks;
         d->req = r;
+        d->req_token = token;
         d->req_mode = DSM_PG_M;
         d->req_had = (uint8_t)had;
         return;
     }
     d->state = DIR_M;
     d->owner = r;
-    grant(p, r, DSM_PG_M, !had && r != me);
+    grant(p, r, DSM_PG_M, !had && r != me, token);
 }
 
 /* Serve queued requests until one needs a reply or the queue is empty. Entry locked. */
 static void drain(size_t p, struct dir *d)
 {
     int r, mode;
-    while (!d->busy && dequeue(d, &r, &mode))
-        serve(p, d, r, mode);
+    uint32_t token;
+    while (!d->busy && dequeue(d, &r, &mode, &token))
+        serve(p, d, r, mode, token);
 }
 
-void dsm_dir_request(size_t p, int src, int mode)
+void dsm_dir_request(size_t p, int src, int mode, uint32_t token)
 {
     struct dir *d = dir_at(p);
     spin_lock(&d->lock);
     if (d->busy || d->qhead)
-        enqueue(d, src, mode);
+        enqueue(d, src, mode, token);
     else
-        serve(p, d, src, mode);
+        serve(p, d, src, mode, token);
     spin_unlock(&d->lock);
 }
 
@@ -319,7 +334,9 @@ static int on_get(void *arg, int src, uint8_t id, const void *hdr, size_t hl, co
     (void)arg;
     (void)payload;
     size_t p;
-    if (!dsm_coh_msg_page(hdr, hl, 8, dsm_core_rank(), &p) || len) {
+    /* The page, and optionally the requester's reply slot for the grant (nonzero). */
+    uint32_t token = hl == 12 ? dsm_le32_get((const uint8_t *)hdr + 8) : 0;
+    if (!dsm_coh_msg_page(hdr, hl == 12 ? 8 : hl, 8, dsm_core_rank(), &p) || len || (hl == 12 && !token)) {
         dsm_err("malformed page request from node %d", src);
         return DSM_EPROTO;
     }
@@ -327,7 +344,7 @@ static int on_get(void *arg, int src, uint8_t id, const void *hdr, size_t hl, co
         return DSM_EPROTO;
     uint64_t ft = __builtin_expect(__atomic_load_n(&dsm_ft_on, __ATOMIC_RELAXED), 0) && id == DSM_AM_GETS
                       ? dsm_ft_now() : 0;
-    dsm_dir_request(p, src, id == DSM_AM_GETM ? DSM_PG_M : DSM_PG_S);
+    dsm_dir_request(p, src, id == DSM_AM_GETM ? DSM_PG_M : DSM_PG_S, token);
     if (ft) {
         /* DSM_STATS=2: arrival to reply sent (or queued) */
         uint64_t out = dsm_ft_now();
@@ -360,7 +377,7 @@ static int on_inv_ack(void *arg, int src, uint8_t id, const void *hdr, size_t hl
         d->busy = BUSY_NONE;
         d->state = DIR_M;
         d->owner = d->req;
-        grant(p, d->req, DSM_PG_M, !d->req_had && d->req != dsm_core_rank());
+        grant(p, d->req, DSM_PG_M, !d->req_had && d->req != dsm_core_rank(), d->req_token);
         drain(p, d);
     }
     spin_unlock(&d->lock);
@@ -401,7 +418,7 @@ static int on_recall_ack(void *arg, int src, uint8_t id, const void *hdr, size_t
         d->state = DIR_M;
         d->owner = r;
     }
-    grant(p, r, d->req_mode, r != dsm_core_rank());
+    grant(p, r, d->req_mode, r != dsm_core_rank(), d->req_token);
     drain(p, d);
     spin_unlock(&d->lock);
     return DSM_OK;

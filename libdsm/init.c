@@ -461,6 +461,43 @@ int dsm_rma_flush(int peer)
     return rc;
 }
 
+/* ---- direct replies (transport.h, ABI 5) ---- */
+
+int dsm_core_peer_replies(int peer)
+{
+    return core.up && peer >= 0 && peer < core.size && peer != core.rank && PEER_TP(peer)->ops->reply_arm &&
+           PEER_TP(peer)->ops->reply_wait && PEER_TP(peer)->ops->reply;
+}
+
+uint32_t dsm_reply_arm(int peer)
+{
+    if (!dsm_core_peer_replies(peer))
+        return 0;
+    return PEER_TP(peer)->ops->reply_arm(PEER_TP(peer)->tp, peer);
+}
+
+int dsm_reply_wait(int peer, uint32_t token, int timeout_ms)
+{
+    if (!dsm_core_peer_replies(peer) || !token)
+        return DSM_EINVAL;
+    return PEER_TP(peer)->ops->reply_wait(PEER_TP(peer)->tp, token, timeout_ms);
+}
+
+int dsm_rma_reply(int peer, uint32_t token, const void *src, size_t len, const dsm_mreg_t *m, uint64_t off,
+                  uint8_t am_id, const void *hdr, size_t hdr_len)
+{
+    if (!dsm_core_peer_replies(peer) || am_id == 0 || hdr_len > DSM_TP_REPLY_HDR_MAX)
+        return DSM_EPROTO; /* a token from a peer whose pair has no reply slots */
+    if (len) {
+        int rc = rma_check(peer, len, m, off);
+        if (rc)
+            return rc;
+    }
+    __atomic_add_fetch(&core.msgs_tx, 1, __ATOMIC_RELAXED);
+    return PEER_TP(peer)->ops->reply(PEER_TP(peer)->tp, peer, token, src, len, len ? &m->rkey[peer] : NULL, off,
+                                     am_id, hdr, hdr_len);
+}
+
 void dsm_core_stats(dsm_stats_core_t *s)
 {
     s->msgs_tx = __atomic_load_n(&core.msgs_tx, __ATOMIC_RELAXED);

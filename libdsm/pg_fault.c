@@ -79,18 +79,42 @@ static void protect(size_t p, int state)
         dsm_fail_stop(-1, "mprotect of a shared page failed");
 }
 
-static void send_request(size_t p, int mode)
+/* Ask page p's home for mode. direct: the calling thread will wait for this very grant, so it may arm a reply
+ * slot for it (when the pair has them and the page is registered, so that the home can put the data first):
+ * returns the token, or 0 when the grant comes as a message. */
+static uint32_t send_request(size_t p, int mode, int direct)
 {
     int home = dsm_page_home(p);
     if (home == dsm_core_rank()) {
-        dsm_dir_request(p, home, mode);
-        return;
+        dsm_dir_request(p, home, mode, 0);
+        return 0;
     }
-    uint8_t h[8];
+    uint8_t h[12];
+    uint64_t off;
     dsm_le64_put(h, p);
-    if (dsm_chan_send(home, DSM_CHAN_REQ, mode == DSM_PG_M ? DSM_AM_GETM : DSM_AM_GETS, h, sizeof h, NULL, 0) !=
-        DSM_OK)
+    uint32_t token = direct && dsm_core_peer_replies(home) && dsm_region_mreg(p, &off) ? dsm_reply_arm(home) : 0;
+    dsm_le32_put(h + 8, token);
+    if (dsm_chan_send(home, DSM_CHAN_REQ, mode == DSM_PG_M ? DSM_AM_GETM : DSM_AM_GETS, h, token ? 12 : 8, NULL,
+                      0) != DSM_OK)
         dsm_fail_stop(home, "cannot send a page request");
+    return token;
+}
+
+/* The grant of our own request, through the reply slot token: handled by this thread (or by progress, if it got
+ * there first) once this returns. */
+static void wait_direct(size_t p, uint32_t token, int timeout_ms)
+{
+    int home = dsm_page_home(p);
+    for (int waited = 0;; waited += 100) {
+        if (waited >= timeout_ms)
+            dsm_fail_stop(home, "no answer to a page request within DSM_TIMEOUT");
+        int rc = dsm_reply_wait(home, token, 100);
+        if (rc == DSM_OK)
+            break;
+        if (rc != DSM_ETIMEDOUT)
+            dsm_fail_stop(home, "malformed answer to a page request");
+    }
+    dsm_ctr_inc(DSM_CTR_DIRECT);
 }
 
 int dsm_pg_in_fault(void)
@@ -149,10 +173,15 @@ void dsm_pg_fault(size_t p, int write)
         int ft_this = ft && send && from_invalid && !ft_sent;
         if (ft_this)
             ft_presend = dsm_ft_now();
-        if (send)
-            send_request(p, need);
+        uint32_t token = send ? send_request(p, need, 1) : 0;
         if (ft_this)
             ft_sent = dsm_ft_now();
+        if (token) {
+            wait_direct(p, token, timeout_ms);
+            if (ft_sent && !ft_woken)
+                ft_woken = dsm_ft_now();
+            continue;
+        }
         /* Wait for the grant (or any change); a home that stays silent for DSM_TIMEOUT is lost. */
         int waited = 0;
         while (__atomic_load_n(&g->seq, __ATOMIC_ACQUIRE) == seq) {
@@ -178,7 +207,7 @@ void dsm_pg_prefetch(size_t first, size_t n, int write)
             g->want = (uint8_t)need;
         pg_unlock(g);
         if (send)
-            send_request(p, need);
+            send_request(p, need, 0);
     }
     for (size_t p = first; p < first + n; p++)
         dsm_pg_fault(p, write);
@@ -325,7 +354,8 @@ static int on_recall(void *arg, int src, uint8_t id, const void *hdr, size_t hl,
     }
     struct pg *g = &pgs[p];
     if (__atomic_load_n(&g->state, __ATOMIC_ACQUIRE) != DSM_PG_M) {
-        dsm_err("node %d recalled page %zu, which this node does not own", src, p);
+        dsm_err("node %d recalled page %zu, which this node does not own (state %d, asking for %d)", src, p,
+                __atomic_load_n(&g->state, __ATOMIC_ACQUIRE), __atomic_load_n(&g->want, __ATOMIC_ACQUIRE));
         return DSM_EPROTO;
     }
     /* Protection first, then the data: no store can slip in after the copy. */
@@ -336,6 +366,22 @@ static int on_recall(void *arg, int src, uint8_t id, const void *hdr, size_t hl,
     memcpy(ack, hdr, 8);
     ack[8] = 0;
     return dsm_coh_send_page(src, DSM_AM_RECALL_ACK, ack, sizeof ack, p);
+}
+
+int dsm_coh_grant_direct(int to, uint32_t token, uint8_t *hdr, size_t hl, size_t p, int with_data)
+{
+    uint64_t off = 0;
+    const dsm_mreg_t *m = dsm_region_mreg(p, &off);
+    if (with_data && !m) {
+        dsm_err("node %d asked for page %zu in a reply slot, but the page is not registered", to, p);
+        return DSM_EPROTO;
+    }
+    if (with_data) {
+        hdr[hl - 1] |= DSM_COH_PLACED;
+        dsm_ctr_inc(DSM_CTR_PAGE_PLACED);
+    }
+    return dsm_rma_reply(to, token, dsm_region.sys + (p << DSM_PAGE_SHIFT), with_data ? DSM_PAGE_SIZE : 0, m, off,
+                         DSM_AM_GRANT, hdr, hl);
 }
 
 int dsm_coh_send_page(int to, uint8_t id, uint8_t *hdr, size_t hl, size_t p)

@@ -107,12 +107,13 @@ void dsm_stats_print(FILE *f, int rank, const char *tp_name)
     dsm_core_stats(&c);
     fprintf(f,
             "libdsm[%d] stats: transport %s, sent %llu messages %llu bytes, received %llu messages %llu bytes; "
-            "faults %llu read %llu write %llu upgrade; pages in %llu out %llu (%llu placed); invalidations in %llu out %llu; "
+            "faults %llu read %llu write %llu upgrade (%llu answered directly); pages in %llu out %llu (%llu placed); invalidations in %llu out %llu; "
             "recalls %llu; migrations %llu\n",
             rank, tp_name, (unsigned long long)c.msgs_tx, (unsigned long long)c.bytes_tx,
             (unsigned long long)c.msgs_rx, (unsigned long long)c.bytes_rx,
             (unsigned long long)dsm_ctr_get(DSM_CTR_READ_FAULT), (unsigned long long)dsm_ctr_get(DSM_CTR_WRITE_FAULT),
-            (unsigned long long)dsm_ctr_get(DSM_CTR_UPGRADE), (unsigned long long)dsm_ctr_get(DSM_CTR_PAGE_IN),
+            (unsigned long long)dsm_ctr_get(DSM_CTR_UPGRADE), (unsigned long long)dsm_ctr_get(DSM_CTR_DIRECT),
+            (unsigned long long)dsm_ctr_get(DSM_CTR_PAGE_IN),
             (unsigned long long)dsm_ctr_get(DSM_CTR_PAGE_OUT), (unsigned long long)dsm_ctr_get(DSM_CTR_PAGE_PLACED),
             (unsigned long long)dsm_ctr_get(DSM_CTR_INV_IN),
             (unsigned long long)dsm_ctr_get(DSM_CTR_INV_OUT), (unsigned long long)dsm_ctr_get(DSM_CTR_RECALL_IN),

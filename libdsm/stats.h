@@ -19,6 +19,7 @@ enum {
     DSM_CTR_INV_OUT,
     DSM_CTR_RECALL_IN,
     DSM_CTR_MIGRATION, /* dsm threads that left this node for another (migrate/) */
+    DSM_CTR_DIRECT,    /* grants that reached the faulting thread through its reply slot (no progress hop) */
     DSM_CTR_MAX
 };
 

@@ -39,6 +39,14 @@
  * device says so; ATOMIC_SELF when atomic() accepts this node's own rank, which the home of a word then uses for
  * its own atomics, so that they are not CPU atomics beside device atomics: DESIGN.md 4.2).
  * ABI 4 added core->secret: every connection proves knowledge of it before any other message (transport/auth.h).
+ * ABI 5 added, optional, direct replies: a thread that sends a request and waits for its one answer (a page fault)
+ * arms a reply slot, names its token in the request, and the peer's answer reaches that thread without a hop
+ * through the progress thread (reply_arm, reply_wait, reply). The answer is handled (core->am_dispatch) by the
+ * waiting thread, or by progress when progress gets there first: progress handles every reply already written
+ * before it handles any later message of the same peer, so a reply is never handled after a message the peer
+ * sent after it (the per-pair order the coherence protocol relies on); it may be handled before messages the peer
+ * sent earlier, which only the requester's protocol can allow (DESIGN.md 4.3: a grant never has an earlier
+ * message of its page still unacknowledged).
  */
 #ifndef DSM_TRANSPORT_H
 #define DSM_TRANSPORT_H
@@ -46,11 +54,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DSM_TP_ABI_VERSION 4
+#define DSM_TP_ABI_VERSION 5
 
 /* Largest active-message header and payload every provider must accept. */
 #define DSM_TP_AM_HDR_MAX 256u
 #define DSM_TP_AM_PAYLOAD_MAX (16u << 20)
+/* Largest header of a direct reply (ABI 5). */
+#define DSM_TP_REPLY_HDR_MAX 48u
 /* Largest address blob a provider publishes through the rendezvous. */
 #define DSM_TP_ADDR_MAX 512u
 
@@ -185,6 +195,18 @@ struct dsm_tp_ops {
     int (*cpus)(dsm_tp_t *tp, char *list, size_t list_len, char *why, size_t why_len);
     /* ABI 3, optional. The capabilities of this started instance (NULL: the static caps). */
     uint32_t (*caps_now)(dsm_tp_t *tp);
+    /* ABI 5, optional (all three or none). Reserve a reply slot at this node for one answer from peer: a token
+     * (> 0) to send in the request, or 0 when the pair has no slot free (the answer then comes as a message). */
+    uint32_t (*reply_arm)(dsm_tp_t *tp, int peer);
+    /* Wait up to timeout_ms for the answer to token and handle it (core->am_dispatch, in this thread unless
+     * progress did): DSM_OK once handled (the slot is free again), DSM_ETIMEDOUT (still armed: call again), or
+     * DSM_EPROTO when the slot holds garbage (the peer was reported lost). */
+    int (*reply_wait)(dsm_tp_t *tp, uint32_t token, int timeout_ms);
+    /* Answer peer's request that carried token: as put_notify without a request (len 0: no data), am_id's
+     * handler getting hdr (at most DSM_TP_REPLY_HDR_MAX bytes) at the peer once the data is in place. DSM_EPROTO
+     * when the token names no armed slot of that peer. */
+    int (*reply)(dsm_tp_t *tp, int peer, uint32_t token, const void *src, size_t len, const dsm_tp_rkey_t *rkey,
+                 uint64_t offset, uint8_t am_id, const void *hdr, size_t hdr_len);
 };
 
 /* Registry (transport/registry.c). */

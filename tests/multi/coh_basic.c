@@ -4,6 +4,7 @@
  * freed memory comes back zero-filled; bad and mismatched allocations fail on every node. */
 #include "config.h"
 
+#include <sched.h>
 #include <unistd.h>
 
 #include "tests/multi/mt.h"
@@ -63,6 +64,31 @@ int main(int argc, char **argv)
     MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
     if (n >= 2)
         MT_CHECK(pg[0] == PINGPONG, "ping-pong ended at %llu", (unsigned long long)pg[0]);
+
+    /* The same between rank 0 and the page's home (rank 1), polling without a pause: the home takes its page
+     * back (RECALL, INV) right after granting it, so that message can reach rank 0 while the thread whose fault
+     * was granted has not run yet. A grant that reached the faulting thread directly (shm reply slots) must still
+     * be in place before rank 0 handles what the home sent after it. */
+    volatile uint64_t *hot = dsm_alloc_home(4096, n > 1 ? 1 : 0);
+    MT_CHECK(hot != NULL, "dsm_alloc_home: %s", dsm_strerror(dsm_last_error()));
+    uint64_t hot_turns = (uint64_t)mt_iters(4000);
+    if (me < 2 && n >= 2) {
+        int64_t end = mt_now_ms() + MT_WAIT_MS;
+        for (uint64_t i = (uint64_t)me; i < hot_turns; i += 2) {
+            while (hot[0] != i) {
+                MT_CHECK(mt_now_ms() < end, "hot ping-pong stuck at turn %llu (want %llu)",
+                         (unsigned long long)hot[0], (unsigned long long)i);
+                sched_yield();
+            }
+            MT_CHECK(i == 0 || hot[1 + (i - 1) % 500] == i - 1, "hot turn %llu: the other node's write is missing",
+                     (unsigned long long)i);
+            hot[1 + i % 500] = i;
+            hot[0] = i + 1;
+        }
+    }
+    MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
+    if (n >= 2)
+        MT_CHECK(hot[0] == hot_turns, "hot ping-pong ended at %llu", (unsigned long long)hot[0]);
 
     /* Free and allocate again: zero-filled, usable. */
     MT_CHECK(dsm_dealloc((void *)a) == DSM_OK, "dealloc");

@@ -48,6 +48,8 @@ static const struct mcase cases[] = {
     {"gets-long", DSM_AM_GETS, 0, 0, 9, 0, 0},
     {"gets-bad-index", DSM_AM_GETS, -1, HUGE_IDX, 8, 0, 0},
     {"gets-not-home", DSM_AM_GETS, 2, 0, 8, 0, 0},
+    {"gets-slot-zero", DSM_AM_GETS, 0, 0, 12, 0, 0},    /* a reply slot named, but token 0 */
+    {"gets-slot-bogus", DSM_AM_GETS, 0, 0, 12, 5, 0},   /* a slot rank 1 never armed */
     {"getm-payload", DSM_AM_GETM, 0, 0, 8, 0, 16},
     {"grant-from-non-home", DSM_AM_GRANT, 0, 0, 9, DSM_PG_M, DSM_PAGE_SIZE},
     {"grant-unasked", DSM_AM_GRANT, 1, 0, 9, DSM_PG_S, DSM_PAGE_SIZE},

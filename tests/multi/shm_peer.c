@@ -7,6 +7,7 @@
  *                            and count it, and the job must carry on and pass.
  *   shm_peer garbage SEED    (tests/multi/shm.sh) rank 1 writes nonsense into its queue to rank 0; rank 0 must
  *                            report a malformed message and fail stop, never crash. The job fails on purpose.
+ *   shm_peer reply-garbage SEED   the same with nonsense in rank 0's reply slots (a reply it never asked for).
  */
 #include "config.h"
 
@@ -60,10 +61,13 @@ int main(int argc, char **argv)
 {
     mt_init(&argc, &argv);
     int me = dsm_rank(), n = dsm_size();
-    if (argc > 2 && strcmp(argv[1], "garbage") == 0) {
+    int replies = argc > 2 && strcmp(argv[1], "reply-garbage") == 0;
+    if (argc > 2 && (strcmp(argv[1], "garbage") == 0 || replies)) {
         MT_CHECK(n >= 2 && strcmp(dsm_core_peer_transport(me ^ 1), "shm") == 0, "needs shm between ranks 0, 1");
         if (me == 1) {
-            MT_CHECK(dsm_tp_shm_debug_garbage(0, (unsigned)strtoul(argv[2], NULL, 10)) == DSM_OK, "garbage");
+            unsigned seed = (unsigned)strtoul(argv[2], NULL, 10);
+            MT_CHECK((replies ? dsm_tp_shm_debug_reply_garbage(0, seed) : dsm_tp_shm_debug_garbage(0, seed)) ==
+                         DSM_OK, "garbage");
             /* Rank 0 fails stop on reading it; this rank then sees its socket close and fails stop too. */
             sleep(60);
             fprintf(stderr, "rank 1: still running 60 s after writing garbage\n");

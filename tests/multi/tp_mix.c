@@ -112,15 +112,18 @@ int main(int argc, char **argv)
 
     /* A page homed here, read by every other node: over a provider with native RMA (shm) each copy is written
      * straight into the reader's memory; otherwise it travels as a message. */
-    int native = 0;
-    for (int p = 0; p < n; p++)
+    int native = 0, direct = 0;
+    for (int p = 0; p < n; p++) {
         native += p != me && (dsm_core_peer_caps(p) & DSM_TP_CAP_RMA_NATIVE);
+        /* The pairs with reply slots (shm) answer the faulting thread itself; the others through progress. */
+        direct += dsm_core_peer_replies(p);
+    }
     uint64_t **mine = calloc((size_t)n, sizeof *mine);
     for (int h = 0; h < n; h++)
         MT_CHECK((mine[h] = dsm_alloc_home(4096, h)) != NULL, "dsm_alloc_home(%d)", h);
     *mine[me] = 1000u + (uint64_t)me;
     MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
-    uint64_t placed0 = dsm_ctr_get(DSM_CTR_PAGE_PLACED);
+    uint64_t placed0 = dsm_ctr_get(DSM_CTR_PAGE_PLACED), direct0 = dsm_ctr_get(DSM_CTR_DIRECT);
     MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
     for (int h = 0; h < n; h++)
         MT_CHECK(*mine[h] == 1000u + (uint64_t)h, "page homed at %d", h);
@@ -128,6 +131,9 @@ int main(int argc, char **argv)
     uint64_t placed = dsm_ctr_get(DSM_CTR_PAGE_PLACED) - placed0;
     MT_CHECK(placed == (uint64_t)native, "%llu pages placed straight into readers' memory, expected %d",
              (unsigned long long)placed, native);
+    uint64_t direct_n = dsm_ctr_get(DSM_CTR_DIRECT) - direct0;
+    MT_CHECK(direct_n == (uint64_t)direct, "%llu grants reached the faulting thread directly, expected %d",
+             (unsigned long long)direct_n, direct);
     for (int h = 0; h < n; h++)
         MT_CHECK(dsm_dealloc(mine[h]) == DSM_OK, "dealloc");
     free(mine);

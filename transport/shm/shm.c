@@ -25,6 +25,17 @@
  * a TCP frame (plus ring indices and record bounds) and treats any error as the peer's loss; the payload is
  * handed to the handler in place and the slot released after it returns.
  *
+ * Reply slots (ABI 5 reply_*): the rest of page 0 holds SHM_REPLY_SLOTS slots of 64 bytes and a bitmap of the
+ * filled ones. A faulting thread arms a slot of its own mailbox and names it in its request; the peer writes the
+ * answer's header there (its data went straight into our memory first), marks it filled and wakes the thread
+ * with a shared futex on the slot's state word, so the answer skips this node's progress thread. Progress handles
+ * every filled slot before the records of a drain (their tail was read first, so a reply written before a record
+ * is seen), which keeps a reply ahead of every later message of its sender. States of a slot's word:
+ *   FREE -> ARMED (owner) -> [SLEEP (owner waits on the futex)] -> WRITING -> FILLED (peer)
+ *   -> TAKEN (owner or progress) -> [DONE (progress handled it; the owner is woken)] -> FREE (owner)
+ * Only the owner knows which peer a slot was armed for (private memory); a slot that holds anything else is the
+ * peer's fault, as garbage in a ring is.
+ *
  * Senders: a message that fits goes straight into the ring under the ring's lock; otherwise it is queued (copied)
  * and the queue is drained by later sends and by progress, so sends never wait for the receiver, except on the
  * fault path (may_allocate false), which waits for room, bounded by DSM_TIMEOUT. A sender wakes the receiver
@@ -68,6 +79,8 @@
 #define SHM_SPIN_NS 50000u       /* DSM_WAIT=adaptive: progress spins this long after the last message */
 #define SHM_SPARES 64            /* queue entries per peer for the fault path, which must not allocate */
 #define SHM_SPARE_HDR 64u
+#define SHM_REPLY_OFF 128u       /* page 0: mailbox header, then at 64 the filled bitmap, then the slots */
+#define SHM_REPLY_SLOTS 62       /* (SHM_PAGE - SHM_REPLY_OFF) / 64; tokens 1..62 */
 
 enum { CTL_HELLO = 1, CTL_HELLO_ACK = 2, CTL_REG = 3, CTL_DEREG = 4, CTL_AUTH = 5, CTL_READY = 6 };
 enum { WAIT_SPIN, WAIT_BLOCK, WAIT_ADAPTIVE };
@@ -89,6 +102,17 @@ struct shm_mbox_hdr {
     uint32_t sleeping; /* the owner is (about to be) waiting on bell */
     uint32_t bell;     /* bumped by a sender that saw sleeping */
 };
+struct shm_reply {
+    uint32_t word; /* REPLY_* */
+    uint32_t src;
+    uint8_t am_id;
+    uint8_t hdr_len;
+    uint8_t pad[6];
+    uint8_t hdr[DSM_TP_REPLY_HDR_MAX];
+};
+_Static_assert(sizeof(struct shm_reply) == 64 && SHM_REPLY_OFF + SHM_REPLY_SLOTS * 64 <= SHM_PAGE,
+               "reply slots must fit page 0 of the mailbox");
+enum { REPLY_FREE, REPLY_ARMED, REPLY_SLEEP, REPLY_WRITING, REPLY_FILLED, REPLY_TAKEN, REPLY_DONE };
 struct shm_ring_ctl {
     uint64_t tail; /* bytes ever written, producer */
     uint8_t pad[56];
@@ -168,6 +192,9 @@ struct dsm_tp {
     uint32_t next_key;
     dsm_wire_limits_t lim;
     unsigned refused;
+    int64_t sock_checked;                   /* progress looked at the sockets then (ms) */
+    uint64_t reply_free;                    /* bit t: slot t is free (tokens 1..SHM_REPLY_SLOTS) */
+    int reply_peer[SHM_REPLY_SLOTS + 1];    /* the peer slot t is armed for, -1 when free */
 };
 
 #define SLOG(tp_x, lvl_x, ...) ((tp_x)->core->log((lvl_x), SHM_NAME, __VA_ARGS__))
@@ -609,6 +636,207 @@ static int msg_send(dsm_tp_t *tp, struct shm_peer *pe, const dsm_wire_hdr_t *h, 
     }
 }
 
+/* ---- direct replies (the comment at the top) ---- */
+
+static int rma_copy(dsm_tp_t *tp, int peer, void *local, size_t len, const dsm_tp_rkey_t *rkey, uint64_t off,
+                    int to_peer);
+
+static struct shm_reply *reply_slot(uint8_t *mbox, uint32_t t)
+{
+    return (struct shm_reply *)(mbox + SHM_REPLY_OFF + (size_t)(t - 1) * sizeof(struct shm_reply));
+}
+
+static uint64_t *reply_bits(uint8_t *mbox)
+{
+    return (uint64_t *)(mbox + 64);
+}
+
+static void reply_wake(uint32_t *word)
+{
+    syscall(SYS_futex, word, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+}
+
+/* A slot of ours that holds what no peer may write there: its writer is lost, as for garbage in a ring. */
+static int reply_bad(dsm_tp_t *tp, int who, const char *why)
+{
+    static char msg[160];
+    snprintf(msg, sizeof msg, "malformed reply in this node's shared-memory reply slot: %s", why);
+    SLOG(tp, DSM_LOG_ERROR, "node %d: %s", who, msg);
+    tp->core->peer_lost(who, msg);
+    return DSM_EPROTO;
+}
+
+/* Handle the answer in slot t, which the caller moved from FILLED to TAKEN. blame: who wrote it when the slot
+ * was not armed. */
+static int reply_handle(dsm_tp_t *tp, uint32_t t, int blame)
+{
+    struct shm_reply *r = reply_slot(tp->mbox, t);
+    int peer = __atomic_load_n(&tp->reply_peer[t], __ATOMIC_ACQUIRE);
+    /* Copied out of shared memory before it is checked: the writer can still change it. */
+    uint32_t src = __atomic_load_n(&r->src, __ATOMIC_RELAXED);
+    uint8_t am_id = __atomic_load_n(&r->am_id, __ATOMIC_RELAXED), hl = __atomic_load_n(&r->hdr_len, __ATOMIC_RELAXED);
+    uint8_t hdr[DSM_TP_REPLY_HDR_MAX];
+    if (peer < 0)
+        return reply_bad(tp, src < (uint32_t)tp->core->size && tp->peers[src] ? (int)src : blame,
+                         "a reply in a slot that was not armed");
+    if (src != (uint32_t)peer)
+        return reply_bad(tp, peer, "a reply that claims another source rank");
+    if (am_id == 0 || hl > DSM_TP_REPLY_HDR_MAX)
+        return reply_bad(tp, peer, "a reply header of impossible size or type");
+    memcpy(hdr, r->hdr, hl);
+    tp->core->count_rx(DSM_WIRE_HDR_SIZE + hl);
+    if (tp->core->am_dispatch(peer, am_id, hdr, hl, NULL, 0) != DSM_OK)
+        return reply_bad(tp, peer, "reply refused by its handler");
+    /* Only now: progress waits for a slot whose bit is set and that is being handled. */
+    __atomic_and_fetch(reply_bits(tp->mbox), ~(1ull << t), __ATOMIC_RELEASE);
+    return DSM_OK;
+}
+
+/* The owner is done with slot t. */
+static void reply_release(dsm_tp_t *tp, uint32_t t)
+{
+    __atomic_store_n(&tp->reply_peer[t], -1, __ATOMIC_RELAXED);
+    __atomic_store_n(&reply_slot(tp->mbox, t)->word, REPLY_FREE, __ATOMIC_RELEASE);
+    __atomic_or_fetch(&tp->reply_free, 1ull << t, __ATOMIC_RELEASE);
+}
+
+/* Progress, before the records of a drain whose tail it has read: handle every filled reply, and wait for one
+ * its owner is handling, so that no later message of its sender overtakes it. */
+static int reply_drain(dsm_tp_t *tp, int blame)
+{
+    uint64_t bits = __atomic_load_n(reply_bits(tp->mbox), __ATOMIC_ACQUIRE);
+    bits &= ((1ull << SHM_REPLY_SLOTS) - 1) << 1; /* bits outside the slots are garbage: ignored */
+    while (bits) {
+        uint32_t t = (uint32_t)__builtin_ctzll(bits);
+        bits &= bits - 1;
+        struct shm_reply *r = reply_slot(tp->mbox, t);
+        uint32_t w = REPLY_FILLED;
+        if (__atomic_compare_exchange_n(&r->word, &w, REPLY_TAKEN, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            int rc = reply_handle(tp, t, blame);
+            __atomic_store_n(&r->word, REPLY_DONE, __ATOMIC_RELEASE);
+            reply_wake(&r->word);
+            if (rc != DSM_OK)
+                return -1;
+            continue;
+        }
+        /* Its owner took it: it runs the handler now (a page grant: a lock, a copy, an mprotect). */
+        int64_t deadline = now_ms() + tp->core->timeout_ms;
+        while (__atomic_load_n(&r->word, __ATOMIC_ACQUIRE) == REPLY_TAKEN) {
+            if (now_ms() > deadline)
+            {
+                reply_bad(tp, blame, "a reply taken and never released");
+                return -1;
+            }
+            sched_yield();
+        }
+    }
+    return 0;
+}
+
+static uint32_t shm_reply_arm(dsm_tp_t *tp, int peer)
+{
+    if (!peer_get(tp, peer))
+        return 0;
+    uint64_t v = __atomic_load_n(&tp->reply_free, __ATOMIC_ACQUIRE);
+    while (v) {
+        uint32_t t = (uint32_t)__builtin_ctzll(v);
+        if (!__atomic_compare_exchange_n(&tp->reply_free, &v, v & ~(1ull << t), 0, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_ACQUIRE))
+            continue;
+        struct shm_reply *r = reply_slot(tp->mbox, t);
+        if (__atomic_load_n(&r->word, __ATOMIC_ACQUIRE) != REPLY_FREE)
+            return 0; /* written while free: garbage; the slot stays out of use */
+        __atomic_store_n(&tp->reply_peer[t], peer, __ATOMIC_RELAXED);
+        __atomic_store_n(&r->word, REPLY_ARMED, __ATOMIC_SEQ_CST);
+        return t;
+    }
+    return 0;
+}
+
+static int shm_reply_wait(dsm_tp_t *tp, uint32_t t, int timeout_ms)
+{
+    if (t == 0 || t > SHM_REPLY_SLOTS)
+        return DSM_EINVAL;
+    struct shm_reply *r = reply_slot(tp->mbox, t);
+    uint64_t start = now_ns(), limit = (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000u;
+    for (;;) {
+        uint32_t w = __atomic_load_n(&r->word, __ATOMIC_ACQUIRE);
+        if (w == REPLY_FILLED) {
+            if (!__atomic_compare_exchange_n(&r->word, &w, REPLY_TAKEN, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                continue;
+            int rc = reply_handle(tp, t, __atomic_load_n(&tp->reply_peer[t], __ATOMIC_RELAXED));
+            if (rc == DSM_OK)
+                reply_release(tp, t);
+            return rc;
+        }
+        if (w == REPLY_DONE) {
+            reply_release(tp, t);
+            return DSM_OK;
+        }
+        if (w != REPLY_ARMED && w != REPLY_SLEEP && w != REPLY_WRITING && w != REPLY_TAKEN)
+            return reply_bad(tp, __atomic_load_n(&tp->reply_peer[t], __ATOMIC_RELAXED), "impossible slot state");
+        uint64_t el = now_ns() - start;
+        if (el >= limit)
+            return DSM_ETIMEDOUT;
+        if (w == REPLY_WRITING) { /* the peer is between its two stores */
+            sched_yield();
+            continue;
+        }
+        if (tp->wait_mode == WAIT_SPIN || (tp->wait_mode == WAIT_ADAPTIVE && el < SHM_SPIN_NS)) {
+            for (int i = 0; i < 64; i++)
+                __builtin_ia32_pause();
+            continue;
+        }
+        if (w == REPLY_ARMED) {
+            if (!__atomic_compare_exchange_n(&r->word, &w, REPLY_SLEEP, 0, __ATOMIC_SEQ_CST, __ATOMIC_ACQUIRE))
+                continue;
+            w = REPLY_SLEEP;
+        }
+        uint64_t left = limit - el;
+        struct timespec ts = {.tv_sec = (time_t)(left / 1000000000u), .tv_nsec = (long)(left % 1000000000u)};
+        syscall(SYS_futex, &r->word, FUTEX_WAIT, w, &ts, NULL, 0);
+    }
+}
+
+static int shm_reply(dsm_tp_t *tp, int peer, uint32_t t, const void *src, size_t len, const dsm_tp_rkey_t *rkey,
+                     uint64_t off, uint8_t am_id, const void *hdr, size_t hl)
+{
+    struct shm_peer *pe = peer_get(tp, peer);
+    if (!pe || am_id == 0 || hl > DSM_TP_REPLY_HDR_MAX || (len && !rkey))
+        return DSM_EINVAL;
+    if (t == 0 || t > SHM_REPLY_SLOTS) {
+        SLOG(tp, DSM_LOG_ERROR, "node %d asked for an answer in reply slot %u, which does not exist", peer, t);
+        return DSM_EPROTO;
+    }
+    struct shm_reply *r = reply_slot(pe->mbox, t);
+    uint32_t w = __atomic_load_n(&r->word, __ATOMIC_ACQUIRE);
+    do {
+        if (w != REPLY_ARMED && w != REPLY_SLEEP) {
+            SLOG(tp, DSM_LOG_ERROR, "node %d's reply slot %u is not waiting for an answer", peer, t);
+            return DSM_EPROTO;
+        }
+    } while (!__atomic_compare_exchange_n(&r->word, &w, REPLY_WRITING, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+    /* The slot is ours now: the data, then the header. */
+    if (len) {
+        int rc = rma_copy(tp, peer, (void *)src, len, rkey, off, 1);
+        if (rc != DSM_OK) {
+            __atomic_store_n(&r->word, w, __ATOMIC_RELEASE);
+            return rc;
+        }
+    }
+    __atomic_store_n(&r->src, (uint32_t)tp->core->rank, __ATOMIC_RELAXED);
+    __atomic_store_n(&r->am_id, am_id, __ATOMIC_RELAXED);
+    __atomic_store_n(&r->hdr_len, (uint8_t)hl, __ATOMIC_RELAXED);
+    memcpy(r->hdr, hdr, hl);
+    /* The bit first: whoever sees the slot filled and clears the bit clears it after it was set. */
+    __atomic_or_fetch(reply_bits(pe->mbox), 1ull << t, __ATOMIC_RELEASE);
+    __atomic_store_n(&r->word, REPLY_FILLED, __ATOMIC_SEQ_CST);
+    if (w == REPLY_SLEEP)
+        reply_wake(&r->word);
+    tp->core->count_tx(DSM_WIRE_HDR_SIZE + hl);
+    return DSM_OK;
+}
+
 /* ---- receiving ---- */
 
 /* Fail the peer whose ring holds garbage; never returns normally in libdsm (fail-stop). */
@@ -627,6 +855,9 @@ static int rx_drain(dsm_tp_t *tp, struct shm_peer *pe)
     uint64_t tail = __atomic_load_n(&pe->rx_ctl->tail, __ATOMIC_ACQUIRE);
     if (tail < pe->rx_head || tail - pe->rx_head > tp->cap)
         return rx_bad(tp, pe, "producer index out of range");
+    /* Replies written before these records are handled before them. */
+    if (reply_drain(tp, pe->rank) < 0)
+        return -1;
     int n = 0;
     while (pe->rx_head != tail) {
         size_t off = pe->rx_head & (tp->cap - 1), contig = tp->cap - off;
@@ -1108,16 +1339,16 @@ static int shm_progress(dsm_tp_t *tp, int timeout_ms)
             usleep(1000);
         return DSM_OK;
     }
-    int64_t start = now_ms(), deadline = start + (timeout_ms > 0 ? timeout_ms : 0), last_check = start;
+    int64_t start = now_ms(), deadline = start + (timeout_ms > 0 ? timeout_ms : 0);
     uint64_t spin_from = now_ns();
     struct shm_mbox_hdr *mh = (struct shm_mbox_hdr *)tp->mbox;
     for (;;) {
         if (drain_all(tp) > 0)
             break;
         int64_t now = now_ms();
-        if (now - last_check >= 10 || timeout_ms <= 0) {
+        if (now - tp->sock_checked >= 10 || timeout_ms <= 0) {
             check_sockets(tp);
-            last_check = now;
+            tp->sock_checked = now;
         }
         if (now >= deadline)
             break;
@@ -1140,8 +1371,12 @@ static int shm_progress(dsm_tp_t *tp, int timeout_ms)
         int slice = any_pending(tp) ? 1 : 50;
         bell_wait(&mh->bell, seq, left < slice ? (int)left : slice);
         __atomic_store_n(&mh->sleeping, 0, __ATOMIC_RELAXED);
-        check_sockets(tp);
-        last_check = now_ms();
+        /* Woken by a sender: the rings first; the sockets (a dead peer's EOF, registrations, which a user of
+         * one waits for itself in rmap_lock) every 10 ms, not after every message. */
+        if (__atomic_load_n(&mh->bell, __ATOMIC_ACQUIRE) == seq || now_ms() - tp->sock_checked >= 10) {
+            check_sockets(tp);
+            tp->sock_checked = now_ms();
+        }
     }
     pthread_mutex_unlock(&tp->plock);
     return DSM_OK;
@@ -1189,6 +1424,9 @@ static int shm_init(const dsm_tp_core_t *core, dsm_tp_t **tp_p, char *why, size_
     pthread_mutex_init(&tp->plock, NULL);
     pthread_mutex_init(&tp->reglock, NULL);
     host_identity(tp->hostid, sizeof tp->hostid);
+    tp->reply_free = ((1ull << SHM_REPLY_SLOTS) - 1) << 1;
+    for (int t = 0; t <= SHM_REPLY_SLOTS; t++)
+        tp->reply_peer[t] = -1;
     const char *w = core->setting("DSM_WAIT");
     tp->wait_mode = !w ? WAIT_ADAPTIVE : strcmp(w, "spin") == 0 ? WAIT_SPIN
                                        : strcmp(w, "block") == 0 ? WAIT_BLOCK : WAIT_ADAPTIVE;
@@ -1588,6 +1826,37 @@ int dsm_tp_shm_debug_garbage(int peer, unsigned seed)
     return DSM_OK;
 }
 
+int dsm_tp_shm_debug_reply_garbage(int peer, unsigned seed)
+{
+    dsm_tp_t *tp = shm_debug_tp;
+    struct shm_peer *pe = tp ? peer_get(tp, peer) : NULL;
+    if (!pe)
+        return DSM_EINVAL;
+    /* A reply in a slot the peer never armed: well formed (seed even), or random bytes in every slot (odd). */
+    unsigned x = seed;
+    for (uint32_t t = 1; t <= SHM_REPLY_SLOTS; t++) {
+        struct shm_reply *r = reply_slot(pe->mbox, t);
+        if (seed % 2) {
+            for (size_t i = sizeof r->word; i < sizeof *r; i++) {
+                x = x * 1103515245u + 12345u;
+                ((uint8_t *)r)[i] = (uint8_t)(x >> 16);
+            }
+        }
+    }
+    struct shm_reply *r = reply_slot(pe->mbox, SHM_REPLY_SLOTS - (seed % 8));
+    if (seed % 2 == 0) {
+        r->src = (uint32_t)tp->core->rank;
+        r->am_id = 12; /* a page grant */
+        r->hdr_len = 9;
+        memset(r->hdr, 0, 9);
+    }
+    __atomic_or_fetch(reply_bits(pe->mbox), seed % 2 ? ~1ull : 1ull << (SHM_REPLY_SLOTS - (seed % 8)), __ATOMIC_RELEASE);
+    __atomic_store_n(&r->word, REPLY_FILLED, __ATOMIC_SEQ_CST);
+    /* Progress sees it at its next drain: ring the doorbell for one. */
+    bell_ring(&((struct shm_mbox_hdr *)pe->mbox)->bell);
+    return DSM_OK;
+}
+
 const struct dsm_tp_ops dsm_tp_shm_ops = {
     .abi_version = DSM_TP_ABI_VERSION,
     .name = SHM_NAME,
@@ -1611,4 +1880,7 @@ const struct dsm_tp_ops dsm_tp_shm_ops = {
     .bye = shm_bye,
     .peer_left = shm_peer_left,
     .tell_lost = shm_tell_lost,
+    .reply_arm = shm_reply_arm,
+    .reply_wait = shm_reply_wait,
+    .reply = shm_reply,
 };
