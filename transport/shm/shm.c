@@ -77,6 +77,7 @@
 #define SHM_CTL_MAGIC 0x534d5344u /* "DSMS" */
 #define SHM_HELLO_WAIT_MS 2000   /* an accepted connection must say HELLO within this */
 #define SHM_SPIN_NS 50000u       /* DSM_WAIT=adaptive: progress spins this long after the last message */
+#define SHM_REPLY_SPIN_NS 20000u /* DSM_WAIT=adaptive: a thread waiting for its reply, as libdsm's other waits */
 #define SHM_SPARES 64            /* queue entries per peer for the fault path, which must not allocate */
 #define SHM_SPARE_HDR 64u
 #define SHM_REPLY_OFF 128u       /* page 0: mailbox header, then at 64 the filled bitmap, then the slots */
@@ -782,7 +783,7 @@ static int shm_reply_wait(dsm_tp_t *tp, uint32_t t, int timeout_ms)
             sched_yield();
             continue;
         }
-        if (tp->wait_mode == WAIT_SPIN || (tp->wait_mode == WAIT_ADAPTIVE && el < SHM_SPIN_NS)) {
+        if (tp->wait_mode == WAIT_SPIN || (tp->wait_mode == WAIT_ADAPTIVE && el < SHM_REPLY_SPIN_NS)) {
             for (int i = 0; i < 64; i++)
                 __builtin_ia32_pause();
             continue;
