@@ -12,6 +12,38 @@
 #define PER_NODE 2048 /* 64-bit words per node: 4 pages */
 #define PINGPONG ((uint64_t)mt_iters(10000))
 
+/* Ranks 0 and 1 take turns writing one page homed at home, by a turn word in the page; each turn also checks
+ * the other's last write. pause_us between polls (0: sched_yield). */
+static void pingpong(int me, int n, int home, uint64_t turns, int pause_us)
+{
+    volatile uint64_t *pg = dsm_alloc_home(4096, home);
+    MT_CHECK(pg != NULL, "dsm_alloc_home: %s", dsm_strerror(dsm_last_error()));
+    if (me < 2 && n >= 2) {
+        int64_t end = mt_now_ms() + MT_WAIT_MS;
+        for (uint64_t i = (uint64_t)me; i < turns; i += 2) {
+            /* Polling a page another node is writing pulls it away from the writer at every read; a pause
+             * between polls lets the writer finish its turn. */
+            while (pg[0] != i) {
+                MT_CHECK(mt_now_ms() < end, "ping-pong (home %d) stuck at turn %llu (want %llu)", home,
+                         (unsigned long long)pg[0], (unsigned long long)i);
+                if (pause_us)
+                    usleep((useconds_t)pause_us);
+                else
+                    sched_yield();
+            }
+            MT_CHECK(i == 0 || pg[1 + (i - 1) % 500] == i - 1, "turn %llu: the other node's write is missing",
+                     (unsigned long long)i);
+            pg[1 + i % 500] = i;
+            pg[0] = i + 1;
+        }
+    }
+    MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
+    if (n >= 2)
+        MT_CHECK(pg[0] == turns, "ping-pong (home %d) ended at %llu", home, (unsigned long long)pg[0]);
+    MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
+    MT_CHECK(dsm_dealloc((void *)pg) == DSM_OK, "dealloc");
+}
+
 int main(int argc, char **argv)
 {
     mt_init(&argc, &argv);
@@ -43,52 +75,12 @@ int main(int argc, char **argv)
         MT_CHECK(a[i] == i * 7 + 1 + add, "after the turns, word %zu is %llu", i, (unsigned long long)a[i]);
 
     /* One page, two nodes, taking turns by a word in the page itself. */
-    volatile uint64_t *pg = dsm_alloc_home(4096, n - 1);
-    MT_CHECK(pg != NULL, "dsm_alloc_home: %s", dsm_strerror(dsm_last_error()));
-    if (me < 2 && n >= 2) {
-        int64_t end = mt_now_ms() + MT_WAIT_MS;
-        for (uint64_t i = (uint64_t)me; i < PINGPONG; i += 2) {
-            /* Polling a page another node is writing pulls it away from the writer at every read; a short
-             * pause between polls lets the writer finish its turn. */
-            while (pg[0] != i) {
-                MT_CHECK(mt_now_ms() < end, "ping-pong stuck at turn %llu (want %llu)",
-                         (unsigned long long)pg[0], (unsigned long long)i);
-                usleep(20);
-            }
-            MT_CHECK(i == 0 || pg[1 + (i - 1) % 500] == i - 1, "turn %llu: the other node's write is missing",
-                     (unsigned long long)i);
-            pg[1 + i % 500] = i;
-            pg[0] = i + 1;
-        }
-    }
-    MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
-    if (n >= 2)
-        MT_CHECK(pg[0] == PINGPONG, "ping-pong ended at %llu", (unsigned long long)pg[0]);
-
+    pingpong(me, n, n - 1, (uint64_t)PINGPONG, 20);
     /* The same between rank 0 and the page's home (rank 1), polling without a pause: the home takes its page
      * back (RECALL, INV) right after granting it, so that message can reach rank 0 while the thread whose fault
      * was granted has not run yet. A grant that reached the faulting thread directly (shm reply slots) must still
      * be in place before rank 0 handles what the home sent after it. */
-    volatile uint64_t *hot = dsm_alloc_home(4096, n > 1 ? 1 : 0);
-    MT_CHECK(hot != NULL, "dsm_alloc_home: %s", dsm_strerror(dsm_last_error()));
-    uint64_t hot_turns = (uint64_t)mt_iters(4000);
-    if (me < 2 && n >= 2) {
-        int64_t end = mt_now_ms() + MT_WAIT_MS;
-        for (uint64_t i = (uint64_t)me; i < hot_turns; i += 2) {
-            while (hot[0] != i) {
-                MT_CHECK(mt_now_ms() < end, "hot ping-pong stuck at turn %llu (want %llu)",
-                         (unsigned long long)hot[0], (unsigned long long)i);
-                sched_yield();
-            }
-            MT_CHECK(i == 0 || hot[1 + (i - 1) % 500] == i - 1, "hot turn %llu: the other node's write is missing",
-                     (unsigned long long)i);
-            hot[1 + i % 500] = i;
-            hot[0] = i + 1;
-        }
-    }
-    MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
-    if (n >= 2)
-        MT_CHECK(hot[0] == hot_turns, "hot ping-pong ended at %llu", (unsigned long long)hot[0]);
+    pingpong(me, n, n > 1 ? 1 : 0, (uint64_t)mt_iters(4000), 0);
 
     /* Free and allocate again: zero-filled, usable. */
     MT_CHECK(dsm_dealloc((void *)a) == DSM_OK, "dealloc");
@@ -141,7 +133,6 @@ int main(int argc, char **argv)
     dsm_stats_t tiny = {.size = 1};
     MT_CHECK(dsm_stats(&tiny) == DSM_EINVAL && dsm_stats(NULL) == DSM_EINVAL, "bad dsm_stats arguments");
     MT_CHECK(dsm_dealloc((void *)b) == DSM_OK, "dealloc");
-    MT_CHECK(dsm_dealloc((void *)pg) == DSM_OK, "dealloc");
     if (me == 0)
         printf("coherence ok: %d nodes, %zu words, %llu page hand-offs\n", n, total, (unsigned long long)PINGPONG);
     mt_finalize();
