@@ -17,7 +17,7 @@ mpi=()
 [ -n "${MPIRUN:-}" ] && [ -x "$top/bench/mpi_bench" ] && mpi=(--mpi)
 
 DSMRUN="$top/tools/dsmrun" BENCH_DIR="$top/bench" GNUPLOT="$(command -v gnuplot)" BENCH_TIMEOUT=600 \
-  bash "$src/bench/run" --out "$tmp/r" --transports 'shm tcp' --sizes 2 --scale 0.005 "${mpi[@]}" >"$tmp/log" 2>&1
+  bash "$src/bench/run" --out "$tmp/r" --transports 'shm tcp' --sizes 2 --scale 0.005 --cpus 0 "${mpi[@]}" >"$tmp/log" 2>&1
 rc=$?
 if [ $rc = 0 ]; then ok "bench/run at a tiny scale exits 0"; else nok "bench/run exit $rc"; fi
 
@@ -30,6 +30,7 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 c = d["context"]
 assert c["dsm_nodes"] == "2" and c["dsm_transport"] == sys.argv[2] and c["dsm_version"], c
+assert c["bench_cpus"] == "0", c  # bench/run --cpus 0
 names = {b["name"].split("/iterations")[0]: b for b in d["benchmarks"]}
 want = ["base/fault_local", "base/tcp_rr/8", "base/tcp_rr/4096", "base/shm_pingpong/8", "base/shm_pingpong/4096",
         "tp/am_pingpong/8", "tp/am_pingpong/4096", "tp/am_rate", "tp/rma_lat/4096/0", "tp/rma_lat/1048576/1",
@@ -74,8 +75,8 @@ r=$tmp/r/report.md
 if [ -f "$r" ] && grep -q '^| tcp | 2 | .* | read miss, clean at its home | .* | local fault + raw TCP 4 KiB |.*×' "$r" &&
    grep -q '^| shm | 2 | .* | read miss, clean at its home vs ArgoDSM |' "$r" &&
    grep -q '^| tcp | 2 | .* | upgrade (Shared to Modified) |' "$r" && grep -q 'not measured' "$r" &&
-   grep -q '^| tcp | never touched | ' "$r"; then
-  ok "report.md: ratio lines for tcp and shm, the read-miss breakdown, rdma baselines reported as not measured"
+   grep -q '^| tcp | never touched | ' "$r" && grep -q 'every process pinned to CPUs 0' "$r"; then
+  ok "report.md: ratio lines for tcp and shm, the read-miss breakdown, rdma baselines reported as not measured, the pinning"
 else
   cp "$r" "$tmp/log" 2>/dev/null; nok "report.md lacks the ratio lines"
 fi
@@ -85,6 +86,9 @@ mkdir "$tmp/bad"
 echo '{"context": {}, "benchmarks": []}' >"$tmp/bad/dsm-tcp-2.json"
 if python3 "$src/bench/report.py" "$tmp/bad" >"$tmp/log" 2>&1; then nok "report.py accepted a run without results"
 else ok "report.py fails on a run without results"; fi
+if DSMRUN="$top/tools/dsmrun" BENCH_DIR="$top/bench" bash "$src/bench/run" --out "$tmp/c" --cpus 'no such cpu' \
+    >"$tmp/log" 2>&1; then nok "bench/run accepted --cpus 'no such cpu'"
+else grep -q 'cpus' "$tmp/log" && ok "bench/run refuses a bad --cpus, naming it" || nok "bench/run --cpus message"; fi
 if "$top/bench/dsm_bench" --scale=x >"$tmp/log" 2>&1; then nok "dsm_bench accepted --scale=x"
 else grep -q 'scale' "$tmp/log" && ok "dsm_bench refuses --scale=x, naming it" || nok "dsm_bench --scale=x message"; fi
 echo "1..$n"

@@ -1057,6 +1057,8 @@ int main(int argc, char **argv)
     dsm_bench_context("dsm_version", dsm_version_string());
     dsm_bench_context("dsm_wait", wm ? wm : "default");
     dsm_bench_context("bench_wait", spin_mode ? "spin" : "block");
+    const char *cpus = getenv("BENCH_CPUS"); /* bench/run --cpus */
+    dsm_bench_context("bench_cpus", cpus && *cpus ? cpus : "all");
     const char *dev = getenv("DSM_RDMA_DEVICE");
     if (!dev)
         dev = getenv("DSM_RXE_DEVICE");  /* the soft-RoCE lab's device (ci/rxe-lab) */

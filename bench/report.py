@@ -164,7 +164,9 @@ class Report:
         out()
         out(f"Run of {ctx.get('date', '?')} on `{ctx.get('host_name', '?')}`: {ctx.get('num_cpus', '?')} CPUs at "
             f"{ctx.get('mhz_per_cpu', '?')} MHz, load average {', '.join(f'{x:.2f}' for x in ctx.get('load_avg', []))}; "
-            f"libdsm {ctx.get('dsm_version', '?')}, iteration scale {ctx.get('dsm_bench_scale', '?')}. Each line "
+            f"libdsm {ctx.get('dsm_version', '?')}, iteration scale {ctx.get('dsm_bench_scale', '?')}"
+            + (f", every process pinned to CPUs {ctx['bench_cpus']}" if ctx.get('bench_cpus', 'all') != 'all' else "")
+            + ". Each line "
             "below: libdsm's median latency, the baseline measured in the same run (same job, same wait mode), their "
             "ratio and the target where issue 7 or 9 sets one.")
         out()
@@ -212,8 +214,10 @@ class Report:
             "each column is the median over the run's misses, so the columns need not add up exactly. *fault "
             "delivery* is what the handler does not see: the kernel's trap, the signal delivery and sigreturn "
             "(the benchmark's median minus the handler's). *round trip* runs from the request handed to the "
-            "transport to the grant's arrival on the progress thread, and *send call* is the part of it spent "
-            "in the transport's send call; *at the home* is the home's part: request arrival to reply sent.")
+            "transport to the grant's arrival (on the progress thread; over shm, in the faulting thread itself, "
+            "through its reply slot), and *send call* is the part of it spent in the transport's send call; *at "
+            "the home* is the home's part: request arrival to reply sent; *wake-up* runs from the page's "
+            "mprotect to the faulting thread running again.")
         out()
         cols = [("ft_request_us", "request"), ("ft_send_us", "send call"), ("ft_round_trip_us", "round trip"),
                 ("ft_home_us", "at the home"), ("ft_copy_us", "copy"), ("ft_mprotect_us", "mprotect"),
