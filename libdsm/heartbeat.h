@@ -10,6 +10,10 @@ int dsm_hb_setup(int rank, int size, int timeout_s);
  * returns that factor (1 when the host is not oversubscribed). */
 int dsm_hb_scale(int ranks_here);
 int dsm_hb_start(void);
+/* Test hook (tests/multi/hb_traffic.c): when nonzero this node sends no heartbeats; internal, not exported. */
+extern int dsm_hb_debug_mute;
+/* Any message from src arrived (the core's dispatch): src is alive. */
+void dsm_hb_heard(int src);
 /* Stop and free (before this node says bye; idempotent). */
 void dsm_hb_stop(void);
 

@@ -191,6 +191,8 @@ static int core_am_dispatch(int src, uint8_t am_id, const void *hdr, size_t hdr_
                             size_t len)
 {
     __atomic_add_fetch(&core.msgs_rx, 1, __ATOMIC_RELAXED);
+    if (src != core.rank)
+        dsm_hb_heard(src);
     dsm_tp_am_fn_t fn = __atomic_load_n(&core.am[am_id].fn, __ATOMIC_ACQUIRE);
     if (!fn) {
         dsm_err("message from node %d for handler %u, which is not registered", src, am_id);
