@@ -1343,6 +1343,15 @@ static void cm_event(dsm_tp_t *tp, struct rdma_cm_event *ev, int connecting)
             return;
         }
         snprintf(why, sizeof why, "its RDMA connection closed (rdma_cm: %s)", rdma_event_str(ev->event));
+        if (!connecting && pe->state == P_UP && !__atomic_load_n(&pe->left, __ATOMIC_ACQUIRE)) {
+            /* A peer that finished sends its bye, then disconnects; the bye may still sit in the receive queue,
+             * or in the ready list of a thread harvesting it now: take everything in before judging (seen under
+             * TCG, where the disconnect overtook the dispatch of the bye). Progress only: plock is held. */
+            pthread_mutex_lock(&tp->cqlock);
+            pthread_mutex_unlock(&tp->cqlock);
+            while (harvest(tp) + dispatch(tp) > 0)
+                ;
+        }
         break;
     case RDMA_CM_EVENT_DEVICE_REMOVAL:
         snprintf(why, sizeof why, "the RDMA device %s was removed", tp->dev.name);
