@@ -342,7 +342,9 @@ static int ctl_recv(int sock, struct shm_ctl *m, int *fd_p, const char **why)
     while (n < 0 && errno == EINTR);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
         return 2;
-    if (n == 0)
+    /* A peer that closed its end with our messages unread resets the connection: for us, its end as well (a
+     * finishing peer may not read the last deregistrations sent to it). */
+    if (n == 0 || (n < 0 && errno == ECONNRESET))
         return 0;
     if (n < 0) {
         *why = "cannot read the local socket";
