@@ -59,9 +59,8 @@ static int on_heartbeat(void *arg, int src, uint8_t id, const void *hdr, size_t 
     (void)p;
     if (hdr_len || len || src < 0 || src >= hb.size)
         return DSM_EPROTO;
-    /* After this node stopped its heartbeats (dsm_finalize), a peer that has not said bye yet still sends some:
-     * they are welcome, and the table stays until the next dsm_init. */
-    (void)src; /* the dispatch already noted it (dsm_hb_heard) */
+    /* The dispatch noted it (dsm_hb_heard). After this node stopped its heartbeats (dsm_finalize), a peer that
+     * has not said bye yet still sends some: they are welcome, and the table stays until the next dsm_init. */
     return DSM_OK;
 }
 

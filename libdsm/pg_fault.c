@@ -92,7 +92,7 @@ static uint32_t send_request(size_t p, int mode, int direct)
     uint8_t h[12];
     uint64_t off;
     dsm_le64_put(h, p);
-    uint32_t token = direct && dsm_core_peer_replies(home) && dsm_region_mreg(p, &off) ? dsm_reply_arm(home) : 0;
+    uint32_t token = direct && dsm_region_mreg(p, &off) ? dsm_reply_arm(home) : 0; /* 0: the pair has no slots */
     dsm_le32_put(h + 8, token);
     if (dsm_chan_send(home, DSM_CHAN_REQ, mode == DSM_PG_M ? DSM_AM_GETM : DSM_AM_GETS, h, token ? 12 : 8, NULL,
                       0) != DSM_OK)
@@ -176,20 +176,17 @@ void dsm_pg_fault(size_t p, int write)
         uint32_t token = send ? send_request(p, need, 1) : 0;
         if (ft_this)
             ft_sent = dsm_ft_now();
-        if (token) {
-            wait_direct(p, token, timeout_ms);
-            if (ft_sent && !ft_woken)
-                ft_woken = dsm_ft_now();
-            continue;
-        }
         /* Wait for the grant (or any change); a home that stays silent for DSM_TIMEOUT is lost. */
         int waited = 0;
-        while (__atomic_load_n(&g->seq, __ATOMIC_ACQUIRE) == seq) {
-            if (waited >= timeout_ms)
-                dsm_fail_stop(dsm_page_home(p), "no answer to a page request within DSM_TIMEOUT");
-            if (dsm_wait_change(&g->seq, seq, 100) < 0)
-                waited += 100;
-        }
+        if (token)
+            wait_direct(p, token, timeout_ms);
+        else
+            while (__atomic_load_n(&g->seq, __ATOMIC_ACQUIRE) == seq) {
+                if (waited >= timeout_ms)
+                    dsm_fail_stop(dsm_page_home(p), "no answer to a page request within DSM_TIMEOUT");
+                if (dsm_wait_change(&g->seq, seq, 100) < 0)
+                    waited += 100;
+            }
         if (ft_sent && !ft_woken)
             ft_woken = dsm_ft_now();
     }

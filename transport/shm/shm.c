@@ -228,10 +228,15 @@ static void bell_wait(uint32_t *word, uint32_t old, int timeout_ms)
     syscall(SYS_futex, word, FUTEX_WAIT, old, &ts, NULL, 0);
 }
 
+static void shared_wake(uint32_t *word)
+{
+    syscall(SYS_futex, word, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+}
+
 static void bell_ring(uint32_t *word)
 {
     __atomic_add_fetch(word, 1, __ATOMIC_SEQ_CST);
-    syscall(SYS_futex, word, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+    shared_wake(word);
 }
 
 /* ---- host identity and addresses ---- */
@@ -654,11 +659,6 @@ static uint64_t *reply_bits(uint8_t *mbox)
     return (uint64_t *)(mbox + 64);
 }
 
-static void reply_wake(uint32_t *word)
-{
-    syscall(SYS_futex, word, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
-}
-
 /* A slot of ours that holds what no peer may write there: its writer is lost, as for garbage in a ring. */
 static int reply_bad(dsm_tp_t *tp, int who, const char *why)
 {
@@ -717,7 +717,7 @@ static int reply_drain(dsm_tp_t *tp, int blame)
         if (__atomic_compare_exchange_n(&r->word, &w, REPLY_TAKEN, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
             int rc = reply_handle(tp, t, blame);
             __atomic_store_n(&r->word, REPLY_DONE, __ATOMIC_RELEASE);
-            reply_wake(&r->word);
+            shared_wake(&r->word);
             if (rc != DSM_OK)
                 return -1;
             continue;
@@ -725,8 +725,7 @@ static int reply_drain(dsm_tp_t *tp, int blame)
         /* Its owner took it: it runs the handler now (a page grant: a lock, a copy, an mprotect). */
         int64_t deadline = now_ms() + tp->core->timeout_ms;
         while (__atomic_load_n(&r->word, __ATOMIC_ACQUIRE) == REPLY_TAKEN) {
-            if (now_ms() > deadline)
-            {
+            if (now_ms() > deadline) {
                 reply_bad(tp, blame, "a reply taken and never released");
                 return -1;
             }
@@ -835,7 +834,7 @@ static int shm_reply(dsm_tp_t *tp, int peer, uint32_t t, const void *src, size_t
     __atomic_or_fetch(reply_bits(pe->mbox), 1ull << t, __ATOMIC_RELEASE);
     __atomic_store_n(&r->word, REPLY_FILLED, __ATOMIC_SEQ_CST);
     if (w == REPLY_SLEEP)
-        reply_wake(&r->word);
+        shared_wake(&r->word);
     tp->core->count_tx(DSM_WIRE_HDR_SIZE + hl);
     return DSM_OK;
 }
