@@ -26,8 +26,17 @@ int main(int argc, char **argv)
     int64_t end = mt_now_ms() + (int64_t)secs * 1000;
     unsigned rounds = 0;
     if (busy) {
-        while (mt_now_ms() < end) {
+        /* Rank 0's clock alone decides when to stop, so every rank runs the same number of barriers (each rank
+         * reading its own clock let one finish while the other was still in a barrier). It names the last round:
+         * a rank still reading after the previous barrier sees a later round than its own and goes on. */
+        volatile uint32_t *stop = dsm_alloc_home(sizeof(*stop), 0);
+        MT_CHECK(stop != NULL, "dsm_alloc_home");
+        for (;;) {
+            if (me == 0 && mt_now_ms() >= end)
+                *stop = rounds + 1;
             MT_CHECK(dsm_barrier() == DSM_OK, "barrier %u", rounds);
+            if (*stop == rounds + 1)
+                break;
             rounds++;
             usleep(2000);
         }
