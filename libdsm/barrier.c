@@ -56,7 +56,7 @@ static int barrier_am(void *arg, int src, uint8_t am_id, const void *hdr, size_t
         return DSM_EPROTO;
     }
     __atomic_store_n(&bar.arrived[k], epoch, __ATOMIC_RELEASE);
-    dsm_futex_wake(&bar.arrived[k]);
+    dsm_wake_change(&bar.arrived[k]);
     return DSM_OK;
 }
 

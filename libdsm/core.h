@@ -114,6 +114,8 @@ extern unsigned dsm_credit_window;  /* per peer and channel; set before dsm_init
 extern int dsm_credit_debug_ignore; /* tests: send without taking credits, to check the receiver's limit */
 int dsm_credit_setup(int nodes);
 void dsm_credit_teardown(void);
+/* Take a credit of chan at peer (waits for one): what dsm_chan_send does before dsm_am_send. */
+void dsm_chan_take(int peer, int chan);
 /* Send a credited message (REQ or REL) from an application thread: waits for a credit. */
 int dsm_chan_send(int peer, int chan, uint8_t am_id, const void *hdr, size_t hl, const void *payload, size_t len);
 /* The reply to a credited message arrived from peer. */

@@ -56,7 +56,7 @@ void dsm_credit_teardown(void)
     npeers = 0;
 }
 
-int dsm_chan_send(int peer, int chan, uint8_t am_id, const void *hdr, size_t hl, const void *payload, size_t len)
+void dsm_chan_take(int peer, int chan)
 {
     dsm_mig_probe();
     if (peer != dsm_core_rank() && !dsm_credit_debug_ignore) {
@@ -73,6 +73,11 @@ int dsm_chan_send(int peer, int chan, uint8_t am_id, const void *hdr, size_t hl,
                 dsm_fail_stop(peer, "no reply to any outstanding request within DSM_TIMEOUT");
         }
     }
+}
+
+int dsm_chan_send(int peer, int chan, uint8_t am_id, const void *hdr, size_t hl, const void *payload, size_t len)
+{
+    dsm_chan_take(peer, chan);
     return dsm_am_send(peer, am_id, hdr, hl, payload, len);
 }
 
@@ -81,7 +86,7 @@ void dsm_credit_return(int peer, int chan)
     if (peer == dsm_core_rank())
         return;
     __atomic_add_fetch(&avail[chan][peer], 1, __ATOMIC_ACQ_REL);
-    dsm_futex_wake(&avail[chan][peer]);
+    dsm_wake_change(&avail[chan][peer]);
 }
 
 int dsm_credit_received(int src, int chan)

@@ -97,7 +97,7 @@ static void core_complete(dsm_tp_req_t *req, int status, uint64_t value)
     req->status = status;
     req->value = value;
     __atomic_store_n(&req->done, 1, __ATOMIC_RELEASE);
-    dsm_futex_wake(&req->done);
+    dsm_wake_change(&req->done);
 }
 
 static int64_t now_ms(void)

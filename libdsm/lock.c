@@ -317,7 +317,7 @@ static void slot_put(int i)
     slots[i].busy = 0;
     pthread_mutex_unlock(&slot_lock);
     __atomic_add_fetch(&slots_freed, 1, __ATOMIC_RELEASE);
-    dsm_futex_wake(&slots_freed);
+    dsm_wake_change(&slots_freed);
 }
 
 static void grant_arrived(uint64_t cookie, int granted, int src)
@@ -327,7 +327,7 @@ static void grant_arrived(uint64_t cookie, int granted, int src)
     struct slot *s = &slots[i];
     s->granted = granted;
     __atomic_store_n(&s->done, 1, __ATOMIC_RELEASE);
-    dsm_futex_wake(&s->done);
+    dsm_wake_change(&s->done);
     (void)gen;
 }
 

@@ -66,7 +66,7 @@ static void pg_unlock(struct pg *g)
 static void pg_changed(struct pg *g)
 {
     __atomic_add_fetch(&g->seq, 1, __ATOMIC_RELEASE);
-    dsm_futex_wake(&g->seq);
+    dsm_wake_change(&g->seq);
 }
 
 /* Protection of one page; failing here leaves memory in an unknown state, so the node stops. */
@@ -92,10 +92,11 @@ static uint32_t send_request(size_t p, int mode, int direct)
     uint8_t h[12];
     uint64_t off;
     dsm_le64_put(h, p);
+    /* The credit first: arming may hold the connection's read side (tcp), which a wait for credits must not. */
+    dsm_chan_take(home, DSM_CHAN_REQ);
     uint32_t token = direct && dsm_region_mreg(p, &off) ? dsm_reply_arm(home) : 0; /* 0: the pair has no slots */
     dsm_le32_put(h + 8, token);
-    if (dsm_chan_send(home, DSM_CHAN_REQ, mode == DSM_PG_M ? DSM_AM_GETM : DSM_AM_GETS, h, token ? 12 : 8, NULL,
-                      0) != DSM_OK)
+    if (dsm_am_send(home, mode == DSM_PG_M ? DSM_AM_GETM : DSM_AM_GETS, h, token ? 12 : 8, NULL, 0) != DSM_OK)
         dsm_fail_stop(home, "cannot send a page request");
     return token;
 }

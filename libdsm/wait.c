@@ -18,6 +18,7 @@
 #include "libdsm/wait.h"
 
 int dsm_wait_mode = DSM_WAIT_ADAPTIVE;
+static uint32_t sleepers; /* threads in the futex wait of dsm_wait_change */
 
 static const char *const names[] = {"spin", "block", "adaptive"};
 
@@ -47,7 +48,20 @@ int dsm_wait_change(uint32_t *word, uint32_t old, int timeout_ms)
         if (dsm_wait_mode == DSM_WAIT_SPIN)
             return __atomic_load_n(word, __ATOMIC_ACQUIRE) != old ? 0 : -1;
     }
-    return dsm_futex_wait(word, old, timeout_ms);
+    /* Counted, so that dsm_wake_change can skip the system call when no thread sleeps (most grants). */
+    __atomic_add_fetch(&sleepers, 1, __ATOMIC_SEQ_CST);
+    int rc = dsm_futex_wait(word, old, timeout_ms);
+    __atomic_sub_fetch(&sleepers, 1, __ATOMIC_RELAXED);
+    return rc;
+}
+
+void dsm_wake_change(uint32_t *word)
+{
+    /* The caller's store to *word, then this load (a full fence between): either a sleeper counted itself
+     * before it, and is woken, or its futex wait finds the new value and does not sleep. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&sleepers, __ATOMIC_SEQ_CST))
+        dsm_futex_wake(word);
 }
 
 void dsm_wait_choose(int configured, int ranks_here)

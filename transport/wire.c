@@ -31,6 +31,7 @@ static const struct {
     [DSM_WIRE_FRAG] = {0, 0, 1},
     [DSM_WIRE_PAD] = {0, 0, 1},
     [DSM_WIRE_AUTH] = {DSM_WIRE_AUTH_SIZE, DSM_WIRE_AUTH_SIZE, 0},
+    [DSM_WIRE_REPLY] = {DSM_WIRE_RMA_SIZE, DSM_WIRE_RMA_SIZE + DSM_TP_REPLY_HDR_MAX, 1},
 };
 
 void dsm_wire_hdr_enc(uint8_t *out, const dsm_wire_hdr_t *h)
@@ -89,7 +90,7 @@ int dsm_wire_hdr_dec(const uint8_t *buf, size_t avail, const dsm_wire_limits_t *
         *why = "payload larger than the limit";
         return DSM_EPROTO;
     }
-    if (buf[6] != 0 && type != DSM_WIRE_AM && type != DSM_WIRE_PUT_NOTIFY) {
+    if (buf[6] != 0 && type != DSM_WIRE_AM && type != DSM_WIRE_PUT_NOTIFY && type != DSM_WIRE_REPLY) {
         *why = "handler id on a frame type that has none";
         return DSM_EPROTO;
     }

@@ -15,7 +15,7 @@
  *   12   4   hdr_len      within the bounds of the type (fixed size, or <= DSM_WIRE_HDR_MAX)
  *   16   4   payload_len  <= the limit given to the decoder; 0 for types that carry none
  *   20   4   reserved     == 0
- *   24   8   seq          request id that a reply echoes
+ *   24   8   seq          request id that a reply echoes (REPLY: the requester's reply slot)
  *
  * Type-specific message headers (also little-endian) are encoded with the dsm_wire_*_enc helpers below.
  */
@@ -26,7 +26,7 @@
 #include <stdint.h>
 
 #define DSM_WIRE_MAGIC 0x574d5344u /* "DSMW" read as little-endian bytes */
-#define DSM_WIRE_VERSION 2 /* 2: HELLO carries the nonce and MAC of transport/auth.h; AUTH */
+#define DSM_WIRE_VERSION 3 /* 2: HELLO carries the nonce and MAC of transport/auth.h; AUTH. 3: REPLY */
 #define DSM_WIRE_HDR_SIZE 32u
 #define DSM_WIRE_HDR_MAX (24u + 256u) /* PUT_NOTIFY: rma header + the largest AM header */
 
@@ -46,7 +46,8 @@ enum dsm_wire_type {
     DSM_WIRE_FRAG = 13,      /* shm queues: the next part of the AM before it (payload only) */
     DSM_WIRE_PAD = 14,       /* shm queues: skip payload_len bytes to the end of the ring */
     DSM_WIRE_AUTH = 15,      /* connector -> acceptor: the connector's MAC (DSM_WIRE_AUTH_SIZE bytes) */
-    DSM_WIRE_TYPE_MAX = 15
+    DSM_WIRE_REPLY = 16,     /* direct reply (transport.h ABI 5): as PUT_NOTIFY, seq = the reply slot, no ack */
+    DSM_WIRE_TYPE_MAX = 16
 };
 
 typedef struct dsm_wire_hdr {

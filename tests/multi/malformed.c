@@ -82,6 +82,19 @@ static const struct mcase cases[] = {
 };
 #define NCASES (sizeof cases / sizeof cases[0])
 
+/* tcp only (shm refuses such a reply at its sender, and shm.sh writes garbage into the slots instead): a direct
+ * reply frame for a reply slot of rank 0 that waits for nothing, carrying 0x5a data for rank 0's page0. */
+static const struct mcase reply_cases[] = {
+    {"reply-unarmed-slot", DSM_AM_GRANT, 0, 0, 9, DSM_PG_S, DSM_PAGE_SIZE},
+};
+#define NREPLY (sizeof reply_cases / sizeof reply_cases[0])
+
+static int tcp_only(void)
+{
+    const char *t = getenv("DSM_TRANSPORT");
+    return t && !strcmp(t, "tcp");
+}
+
 static void on_error(int err, int node)
 {
     if (my_rank != 0)
@@ -106,12 +119,18 @@ int main(int argc, char **argv)
     if (argc == 2 && !strcmp(argv[1], "list")) {
         for (size_t i = 0; i < NCASES; i++)
             printf("%s\n", cases[i].name);
+        for (size_t i = 0; tcp_only() && i < NREPLY; i++)
+            printf("%s\n", reply_cases[i].name);
         return 0;
     }
     const struct mcase *c = NULL;
+    int reply = 0;
     for (size_t i = 0; argc == 2 && i < NCASES; i++)
         if (!strcmp(argv[1], cases[i].name))
             c = &cases[i];
+    for (size_t i = 0; argc == 2 && i < NREPLY; i++)
+        if (!strcmp(argv[1], reply_cases[i].name))
+            c = &reply_cases[i], reply = 1;
     if (!c) {
         fprintf(stderr, "usage: malformed list | malformed CASE\n");
         return 2;
@@ -147,7 +166,14 @@ int main(int argc, char **argv)
             hdr[c->hl == 17 ? 16 : 8] = c->fill;
         printf("rank 1 sends %s: id %u, %zu header bytes, %zu payload bytes\n", c->name, c->id, c->hl, c->len);
         fflush(stdout);
-        MT_CHECK(dsm_am_send(0, c->id, hdr, c->hl, c->len ? payload : NULL, c->len) == DSM_OK, "send");
+        if (reply) {
+            uint64_t off;
+            const dsm_mreg_t *m = dsm_region_mreg(page0, &off);
+            MT_CHECK(m, "page0 is registered");
+            MT_CHECK(dsm_rma_reply(0, 7, payload, c->len, m, off, c->id, hdr, c->hl) == DSM_OK, "reply");
+        } else {
+            MT_CHECK(dsm_am_send(0, c->id, hdr, c->hl, c->len ? payload : NULL, c->len) == DSM_OK, "send");
+        }
     }
     /* Rank 0 fails stop on the message; the others learn of it and fail stop too. Nobody gets past here. */
     for (;;)

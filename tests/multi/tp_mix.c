@@ -110,12 +110,13 @@ int main(int argc, char **argv)
     MT_CHECK(dsm_barrier() == DSM_OK, "barrier");
     MT_CHECK(dsm_dealloc(pages) == DSM_OK, "dealloc");
 
-    /* A page homed here, read by every other node: over a provider with native RMA (shm) each copy is written
-     * straight into the reader's memory; otherwise it travels as a message. */
+    /* A page homed here, read by every other node: over a provider with native RMA (shm) or with reply slots
+     * (shm, tcp: the reply frame carries it) each copy is written straight into the reader's memory; otherwise
+     * it travels as a message. */
     int native = 0, direct = 0;
     for (int p = 0; p < n; p++) {
-        native += p != me && (dsm_core_peer_caps(p) & DSM_TP_CAP_RMA_NATIVE);
-        /* The pairs with reply slots (shm) answer the faulting thread itself; the others through progress. */
+        native += p != me && ((dsm_core_peer_caps(p) & DSM_TP_CAP_RMA_NATIVE) || dsm_core_peer_replies(p));
+        /* The pairs with reply slots answer the faulting thread itself; the others through progress. */
         direct += dsm_core_peer_replies(p);
     }
     uint64_t **mine = calloc((size_t)n, sizeof *mine);

@@ -17,6 +17,15 @@
  * appends to the peer's queue, which progress drains on EPOLLOUT; so sends never block and keep their order.
  * One thread at a time runs progress (the core's progress thread; during connect, the caller of connect).
  * Connections of authenticated peers live until finalize; a failing one is reported through core->peer_lost.
+ *
+ * Direct replies (transport.h ABI 5): a faulting thread arms a reply slot (a word in this process) and names it
+ * in its request; the peer answers with a REPLY frame (a PUT_NOTIFY without ack, seq = the slot) on the same
+ * connection, in order with everything else. While it waits, the thread reads that connection itself, so the
+ * answer skips this node's progress thread: it takes the connection's read side (c->owner, which progress also
+ * takes for each read), drops EPOLLIN from the epoll set so progress is not woken, and reads REPLY frames only,
+ * each exactly (its header peeked first). Any other frame stays in the socket, and the thread gives the
+ * connection back to progress (EPOLLIN again: level-triggered, so progress sees it) and waits on its slot's word,
+ * which whoever handles the REPLY sets. Frames are thus handled in the order they were sent, whoever reads them.
  */
 #include "config.h"
 
@@ -28,6 +37,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +60,12 @@
 #define TCP_STRANGERS_MAX 64 /* unauthenticated connections at once beyond one per peer; more are closed */
 #define TCP_READS_PER_EVENT 16
 #define SEND_QUEUE_MIN (64u << 10)
+#define TCP_REPLY_SLOTS 63u       /* tokens 1..63: bits of a uint64_t */
+#define TCP_REPLY_SPIN_NS 20000u  /* DSM_WAIT=adaptive: a thread waiting for its reply, as libdsm's other waits */
+
+enum { WAIT_SPIN, WAIT_BLOCK, WAIT_ADAPTIVE };
+/* States of a reply slot's word. */
+enum { SLOT_FREE, SLOT_ARMED, SLOT_SLEEP, SLOT_DONE };
 
 enum conn_state {
     CONN_HELLO_OUT, /* we connected and sent HELLO; waiting for HELLO_ACK */
@@ -76,6 +92,14 @@ struct tcp_conn {
     int want_out;
     int left;      /* the peer said BYE */
     int bye_sent;  /* this node said BYE */
+    /* Who reads the socket and rbuf: 0 nobody, -1 progress, t > 0 the thread waiting for reply slot t. */
+    int owner;
+};
+
+struct tcp_slot {
+    uint32_t word; /* SLOT_*: futex word */
+    int peer;      /* the peer it is armed for, -1 when free */
+    int owns;      /* its waiting thread holds the connection's read side (owner only) */
 };
 
 struct tcp_op {
@@ -111,7 +135,12 @@ struct dsm_tp {
     uint32_t *completed; /* per peer: futex word bumped on every answer */
     dsm_wire_limits_t lim;
     unsigned refused;
+    int wait_mode;
+    uint64_t reply_free; /* bit t: slot t is free */
+    struct tcp_slot slots[TCP_REPLY_SLOTS + 1];
 };
+
+static __thread int in_progress; /* this thread runs tcp_progress: it must never wait for a reply itself */
 
 static int listener_tag; /* epoll data for the listening socket */
 
@@ -268,9 +297,11 @@ static void conn_fail(dsm_tp_t *tp, struct tcp_conn *c, const char *why)
     conn_refuse(tp, c, why);
 }
 
+/* Called with slock held (or before the connection is shared). No EPOLLIN while a waiting thread reads it. */
 static int set_events(dsm_tp_t *tp, struct tcp_conn *c, int out)
 {
-    struct epoll_event ev = {.events = EPOLLIN | (out ? EPOLLOUT : 0), .data.ptr = c};
+    int in = __atomic_load_n(&c->owner, __ATOMIC_ACQUIRE) <= 0;
+    struct epoll_event ev = {.events = (in ? EPOLLIN : 0) | (out ? EPOLLOUT : 0), .data.ptr = c};
     return epoll_ctl(tp->epfd, EPOLL_CTL_MOD, c->fd, &ev);
 }
 
@@ -843,6 +874,32 @@ static const char *handle_frame(dsm_tp_t *tp, struct tcp_conn *c, const dsm_wire
         op_done(tp, op, st, value);
         return NULL;
     }
+    case DSM_WIRE_REPLY: {
+        /* Checked before any byte lands: only a slot armed for this very peer and still waiting. */
+        struct tcp_slot *s = h->seq >= 1 && h->seq <= TCP_REPLY_SLOTS ? &tp->slots[h->seq] : NULL;
+        uint32_t w = s ? __atomic_load_n(&s->word, __ATOMIC_ACQUIRE) : SLOT_FREE;
+        if (!s || __atomic_load_n(&s->peer, __ATOMIC_RELAXED) != c->peer || (w != SLOT_ARMED && w != SLOT_SLEEP))
+            return "a reply for a reply slot that is not waiting for one";
+        dsm_wire_rma_t r;
+        dsm_wire_rma_dec(hdr, &r);
+        if (r.len != h->payload_len)
+            return "reply length does not match its payload";
+        if (r.len) {
+            pthread_rwlock_rdlock(&tp->mrlock);
+            uint8_t *dst = mr_resolve(tp, r.key, r.addr, r.offset, r.len);
+            if (dst)
+                memcpy(dst, payload, r.len);
+            pthread_rwlock_unlock(&tp->mrlock);
+            if (!dst)
+                return "reply outside a registration";
+        }
+        if (tp->core->am_dispatch(c->peer, h->am_id, hdr + DSM_WIRE_RMA_SIZE, h->hdr_len - DSM_WIRE_RMA_SIZE, NULL,
+                                  0) != DSM_OK)
+            return "malformed reply";
+        if (__atomic_exchange_n(&s->word, SLOT_DONE, __ATOMIC_ACQ_REL) == SLOT_SLEEP)
+            dsm_futex_wake(&s->word);
+        return NULL;
+    }
     case DSM_WIRE_BYE:
         __atomic_store_n(&c->left, 1, __ATOMIC_RELEASE);
         return NULL;
@@ -1079,6 +1136,7 @@ static int tcp_progress(dsm_tp_t *tp, int timeout_ms)
             usleep(1000);
         return DSM_OK;
     }
+    in_progress = 1;
     struct epoll_event ev[64];
     int n = epoll_wait(tp->epfd, ev, 64, timeout_ms);
     for (int i = 0; i < n; i++) {
@@ -1098,12 +1156,230 @@ static int tcp_progress(dsm_tp_t *tp, int timeout_ms)
                 continue;
             }
         }
-        if (ev[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+        if (ev[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+            /* A thread waiting for its reply may be reading it: it gives it back with EPOLLIN set again. */
+            int nobody = 0;
+            if (!__atomic_compare_exchange_n(&c->owner, &nobody, -1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+                continue;
             conn_readable(tp, c);
+            __atomic_store_n(&c->owner, 0, __ATOMIC_RELEASE);
+        }
     }
     reap_pending(tp);
+    in_progress = 0;
     pthread_mutex_unlock(&tp->plock);
     return DSM_OK;
+}
+
+/* ---- direct replies (the comment at the top) ---- */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void slot_release(dsm_tp_t *tp, uint32_t t)
+{
+    __atomic_store_n(&tp->slots[t].peer, -1, __ATOMIC_RELAXED);
+    __atomic_store_n(&tp->slots[t].word, SLOT_FREE, __ATOMIC_RELEASE);
+    __atomic_or_fetch(&tp->reply_free, 1ull << t, __ATOMIC_RELEASE);
+}
+
+/* Take c's read side for the thread waiting for slot t, out of progress's epoll set. */
+static int conn_own(dsm_tp_t *tp, struct tcp_conn *c, uint32_t t)
+{
+    int nobody = 0;
+    if (c->state != CONN_READY ||
+        !__atomic_compare_exchange_n(&c->owner, &nobody, (int)t, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+        return 0;
+    pthread_mutex_lock(&c->slock);
+    if (c->state != CONN_CLOSED)
+        set_events(tp, c, c->want_out);
+    pthread_mutex_unlock(&c->slock);
+    return 1;
+}
+
+static void conn_unown(dsm_tp_t *tp, struct tcp_conn *c)
+{
+    pthread_mutex_lock(&c->slock);
+    __atomic_store_n(&c->owner, 0, __ATOMIC_RELEASE);
+    if (c->state != CONN_CLOSED)
+        set_events(tp, c, c->want_out);
+    pthread_mutex_unlock(&c->slock);
+}
+
+/* A slot for one answer from peer. The connection's read side is taken now, before the request goes out, so that
+ * the answer's arrival does not wake progress (it would, with EPOLLIN still set, while the request is sent). */
+static uint32_t tcp_reply_arm(dsm_tp_t *tp, int peer)
+{
+    struct tcp_conn *c = peer_conn(tp, peer);
+    if (!c || in_progress)
+        return 0;
+    uint64_t v = __atomic_load_n(&tp->reply_free, __ATOMIC_ACQUIRE);
+    while (v) {
+        uint32_t t = (uint32_t)__builtin_ctzll(v);
+        if (!__atomic_compare_exchange_n(&tp->reply_free, &v, v & ~(1ull << t), 0, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_ACQUIRE))
+            continue;
+        __atomic_store_n(&tp->slots[t].peer, peer, __ATOMIC_RELAXED);
+        __atomic_store_n(&tp->slots[t].word, SLOT_ARMED, __ATOMIC_RELEASE);
+        tp->slots[t].owns = conn_own(tp, c, t);
+        return t;
+    }
+    return 0;
+}
+
+/* Wait until c is readable or the deadline (the wait mode's way); *start: when the first wait began (0: now).
+ * Returns 1 once the deadline passed. */
+static int own_wait(dsm_tp_t *tp, struct tcp_conn *c, uint64_t *start, uint64_t deadline)
+{
+    uint64_t now = now_ns();
+    if (now >= deadline)
+        return 1;
+    if (!*start)
+        *start = now;
+    if (tp->wait_mode == WAIT_SPIN || (tp->wait_mode == WAIT_ADAPTIVE && now - *start < TCP_REPLY_SPIN_NS)) {
+        for (int i = 0; i < 64; i++)
+            __builtin_ia32_pause();
+        return 0;
+    }
+    uint64_t left = deadline - now;
+    struct timespec ts = {.tv_sec = (time_t)(left / 1000000000u), .tv_nsec = (long)(left % 1000000000u)};
+    struct pollfd pf = {.fd = c->fd, .events = POLLIN};
+    ppoll(&pf, 1, &ts, NULL);
+    return 0;
+}
+
+/* The thread waiting for slot t reads c (c->owner == t): REPLY frames only, each read exactly, so that no other
+ * frame is ever taken out of the socket. Returns 1 once slot t is answered or the deadline passed, 0 when c
+ * must go back to progress (a frame for it, part of a header it left, end of stream or an error: progress reads
+ * them again and judges). */
+static int own_read(dsm_tp_t *tp, struct tcp_conn *c, uint32_t t, uint64_t deadline)
+{
+    uint64_t start = 0;
+    for (;;) {
+        if (__atomic_load_n(&tp->slots[t].word, __ATOMIC_ACQUIRE) == SLOT_DONE)
+            return 1;
+        if (c->state != CONN_READY || !c->rbuf)
+            return 0;
+        size_t avail = c->rlen - c->roff;
+        uint8_t peek[DSM_WIRE_HDR_SIZE];
+        const uint8_t *hb = c->rbuf + c->roff;
+        if (avail == 0) {
+            ssize_t r = recv(c->fd, peek, sizeof peek, MSG_PEEK | MSG_DONTWAIT);
+            if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+                if (own_wait(tp, c, &start, deadline))
+                    return 1;
+                continue;
+            }
+            if (r > 0 && r < (ssize_t)sizeof peek) {
+                if (now_ns() >= deadline)
+                    return 1;
+                sched_yield(); /* the rest of the header is on its way */
+                continue;
+            }
+            if (r <= 0)
+                return 0;
+            hb = peek;
+            c->roff = c->rlen = 0;
+        } else if (avail < DSM_WIRE_HDR_SIZE) {
+            return 0;
+        }
+        dsm_wire_hdr_t h;
+        const char *why = NULL;
+        if (dsm_wire_hdr_dec(hb, DSM_WIRE_HDR_SIZE, &tp->lim, &h, &why) != DSM_OK || h.type != DSM_WIRE_REPLY)
+            return 0;
+        size_t total = DSM_WIRE_HDR_SIZE + (size_t)h.hdr_len + h.payload_len;
+        if (total > c->rcap - c->roff)
+            return 0; /* progress makes room (this thread may not allocate) */
+        if (avail < total) {
+            ssize_t r = recv(c->fd, c->rbuf + c->rlen, total - avail, MSG_DONTWAIT);
+            if (r > 0)
+                c->rlen += (size_t)r;
+            else if (!(r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)))
+                return 0;
+            else if (own_wait(tp, c, &start, deadline))
+                return 1;
+            continue;
+        }
+        tp->core->count_rx(total);
+        const uint8_t *hdr = c->rbuf + c->roff + DSM_WIRE_HDR_SIZE;
+        why = handle_frame(tp, c, &h, hdr, hdr + h.hdr_len);
+        if (why) {
+            conn_fail(tp, c, why);
+            return 0;
+        }
+        c->roff += total;
+        if (c->roff == c->rlen)
+            c->roff = c->rlen = 0;
+    }
+}
+
+static int tcp_reply_wait(dsm_tp_t *tp, uint32_t t, int timeout_ms)
+{
+    if (t == 0 || t > TCP_REPLY_SLOTS)
+        return DSM_EINVAL;
+    struct tcp_slot *s = &tp->slots[t];
+    struct tcp_conn *c = peer_conn(tp, __atomic_load_n(&s->peer, __ATOMIC_RELAXED));
+    uint64_t deadline = now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000u;
+    int own = c != NULL; /* cleared once the connection went back to progress with a frame for it */
+    for (;;) {
+        uint32_t w = __atomic_load_n(&s->word, __ATOMIC_ACQUIRE);
+        if (w == SLOT_DONE) {
+            if (s->owns)
+                conn_unown(tp, c);
+            s->owns = 0;
+            slot_release(tp, t);
+            return DSM_OK;
+        }
+        uint64_t now = now_ns();
+        if (now >= deadline) {
+            if (s->owns) /* progress reads meanwhile: the caller may be slow to come back */
+                conn_unown(tp, c);
+            s->owns = 0;
+            return DSM_ETIMEDOUT;
+        }
+        if (own && (s->owns || conn_own(tp, c, t))) {
+            own = own_read(tp, c, t, deadline);
+            if (!own) {
+                conn_unown(tp, c);
+                s->owns = 0;
+            } else {
+                s->owns = 1;
+            }
+            continue;
+        }
+        if (w == SLOT_ARMED &&
+            !__atomic_compare_exchange_n(&s->word, &w, SLOT_SLEEP, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            continue;
+        /* While progress reads the connection, look again soon: the answer may not be there yet. */
+        uint64_t left = deadline - now;
+        int ms = own ? 1 : (int)((left + 999999u) / 1000000u);
+        dsm_futex_wait(&s->word, SLOT_SLEEP, ms);
+    }
+}
+
+/* Answer peer's request that named slot t: one REPLY frame. Only the range of t can be checked here; the
+ * requester refuses a reply for a slot that is not waiting (and names this node). */
+static int tcp_reply(dsm_tp_t *tp, int peer, uint32_t t, const void *src, size_t len, const dsm_tp_rkey_t *rkey,
+                     uint64_t off, uint8_t am_id, const void *hdr, size_t hl)
+{
+    struct tcp_conn *c = peer_conn(tp, peer);
+    if (!c || am_id == 0 || hl > DSM_TP_REPLY_HDR_MAX || (len && !rkey) || len > tp->lim.payload_max)
+        return DSM_EINVAL;
+    if (t == 0 || t > TCP_REPLY_SLOTS) {
+        TLOG(tp, DSM_LOG_ERROR, "node %d asked for an answer in reply slot %u, which does not exist", peer, t);
+        return DSM_EPROTO;
+    }
+    dsm_wire_rma_t r = {.key = rkey ? rkey->key : 0, .len = (uint32_t)len, .offset = off,
+                        .addr = rkey ? rkey->addr : 0};
+    uint8_t rb[DSM_WIRE_RMA_SIZE];
+    dsm_wire_rma_enc(rb, &r);
+    dsm_wire_hdr_t h = {.type = DSM_WIRE_REPLY, .am_id = am_id, .src = (uint32_t)tp->core->rank,
+                        .hdr_len = (uint32_t)(sizeof rb + hl), .payload_len = (uint32_t)len, .seq = t};
+    return conn_send(tp, c, &h, rb, sizeof rb, hdr, hl, src, len);
 }
 
 /* ---- setup ---- */
@@ -1136,6 +1412,12 @@ static int tcp_init(const dsm_tp_core_t *core, dsm_tp_t **tp_p, char *why, size_
     pthread_mutex_init(&tp->plock, NULL);
     pthread_mutex_init(&tp->oplock, NULL);
     pthread_rwlock_init(&tp->mrlock, NULL);
+    const char *w = core->setting ? core->setting("DSM_WAIT") : NULL;
+    tp->wait_mode = !w ? WAIT_ADAPTIVE : strcmp(w, "spin") == 0 ? WAIT_SPIN
+                                       : strcmp(w, "block") == 0 ? WAIT_BLOCK : WAIT_ADAPTIVE;
+    tp->reply_free = ~1ull; /* tokens 1..63 */
+    for (uint32_t t = 0; t <= TCP_REPLY_SLOTS; t++)
+        tp->slots[t].peer = -1;
 
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr = a, .sin_port = 0};
     socklen_t sl = sizeof sa;
@@ -1313,4 +1595,7 @@ const struct dsm_tp_ops dsm_tp_tcp_ops = {
     .bye = tcp_bye,
     .peer_left = tcp_peer_left,
     .tell_lost = tcp_tell_lost,
+    .reply_arm = tcp_reply_arm,
+    .reply_wait = tcp_reply_wait,
+    .reply = tcp_reply,
 };
