@@ -74,6 +74,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case DSM_WIRE_PUT:
         case DSM_WIRE_PUT_NOTIFY:
         case DSM_WIRE_GET:
+        case DSM_WIRE_REPLY:
             ROUNDTRIP(h.hdr_len < DSM_WIRE_RMA_SIZE, dsm_wire_rma_t, DSM_WIRE_RMA_SIZE, dsm_wire_rma_dec,
                       dsm_wire_rma_enc);
             break;
