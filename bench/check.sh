@@ -32,8 +32,8 @@ c = d["context"]
 assert c["dsm_nodes"] == "2" and c["dsm_transport"] == sys.argv[2] and c["dsm_version"], c
 assert c["bench_cpus"] == "0", c  # bench/run --cpus 0
 names = {b["name"].split("/iterations")[0]: b for b in d["benchmarks"]}
-want = ["base/fault_local", "base/tcp_rr/8", "base/tcp_rr/4096", "base/shm_pingpong/8", "base/shm_pingpong/4096",
-        "tp/am_pingpong/8", "tp/am_pingpong/4096", "tp/am_rate", "tp/rma_lat/4096/0", "tp/rma_lat/1048576/1",
+want = ["base/fault_local", "base/fault_kernel/0", "base/fault_kernel/1", "base/tcp_rr/8", "base/tcp_rr/4096",
+        "base/shm_pingpong/8", "base/shm_pingpong/4096", "tp/am_pingpong/8", "tp/am_pingpong/4096", "tp/am_rate", "tp/rma_lat/4096/0", "tp/rma_lat/1048576/1",
         "tp/put_bw/1048576", "tp/atomic/0", "tp/atomic/1", "coh/read_miss/0", "coh/write_miss/0", "coh/write_miss/1",
         "coh/upgrade", "coh/page_pingpong", "coh/fault_tput/4", "sync/barrier", "sync/lock/0", "sync/lock/1",
         "mig/migrate/0", "mig/migrate/1", "bulk/dsm/4096/0", "bulk/dsm/16777216/1"]
@@ -75,8 +75,10 @@ r=$tmp/r/report.md
 if [ -f "$r" ] && grep -q '^| tcp | 2 | .* | read miss, clean at its home | .* | local fault + raw TCP 4 KiB |.*×' "$r" &&
    grep -q '^| shm | 2 | .* | read miss, clean at its home vs ArgoDSM |' "$r" &&
    grep -q '^| tcp | 2 | .* | upgrade (Shared to Modified) |' "$r" && grep -q 'not measured' "$r" &&
+   grep -q '^| tcp | 2 | .* | read miss, clean at its home | .* | first-touch fault on shared memory + raw TCP 4 KiB |.*×' "$r" &&
+   grep -q '^| tcp | 2 | .* | upgrade (Shared to Modified) | .* | write fault on read-only shared memory + raw TCP 8 B |.*×' "$r" &&
    grep -q '^| tcp | never touched | ' "$r" && grep -q 'every process pinned to CPUs 0' "$r"; then
-  ok "report.md: ratio lines for tcp and shm, the read-miss breakdown, rdma baselines reported as not measured, the pinning"
+  ok "report.md: ratio lines for tcp and shm (also against the kernel's share), the read-miss breakdown, rdma baselines reported as not measured, the pinning"
 else
   cp "$r" "$tmp/log" 2>/dev/null; nok "report.md lacks the ratio lines"
 fi

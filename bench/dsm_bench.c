@@ -193,6 +193,75 @@ static void b_fault_floor(dsm_bench_state_t *st)
     barrier();
 }
 
+/* ---- baselines: the kernel's share of a miss on a shared-memory page, without any network ----
+ * What libdsm asks of the kernel for one page, done locally on a memory file mapped twice (an application view
+ * and a system view, as libdsm maps its region). arg 0, "first touch": a read of a never-touched page faults; the
+ * handler writes 4 KiB into it through the system view (the file allocates and zeroes the page) and makes it
+ * readable (the retried load maps it). arg 1, "write to a read-only shared page": a write to a page mapped
+ * read-only faults; the handler makes it writable (the retried store takes the write-protect fault of a clean
+ * shared page). base/fault_local is the same fault on a private page that is already mapped. */
+static volatile char sink_byte;
+static char *kf_app, *kf_sys;
+static size_t kf_len;
+static int kf_kind;
+static char kf_src[PAGE];
+
+static void on_kernel_fault(int sig, siginfo_t *si, void *uc)
+{
+    (void)sig; (void)uc;
+    char *a = (char *)((uintptr_t)si->si_addr & ~(uintptr_t)(PAGE - 1));
+    if (a < kf_app || a >= kf_app + kf_len)
+        abort();
+    if (kf_kind == 0)
+        memcpy(kf_sys + (a - kf_app), kf_src, PAGE);
+    if (mprotect(a, PAGE, kf_kind == 0 ? PROT_READ : PROT_READ | PROT_WRITE) != 0)
+        abort();
+}
+
+static void b_fault_kernel(dsm_bench_state_t *st)
+{
+    if (me != 0) {
+        sit_out(st);
+        barrier();
+        return;
+    }
+    kf_kind = (int)dsm_bench_arg(st, 0);
+    int64_t n = dsm_bench_max_iterations(st);
+    kf_len = (size_t)n * PAGE;
+    int fd = memfd_create("dsm_bench_kernel_fault", MFD_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, (off_t)kf_len) != 0)
+        die("memfd");
+    kf_app = mmap(NULL, kf_len, kf_kind == 0 ? PROT_NONE : PROT_READ, MAP_SHARED, fd, 0);
+    kf_sys = mmap(NULL, kf_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (kf_app == MAP_FAILED || kf_sys == MAP_FAILED)
+        die("mmap");
+    memset(kf_src, 0x5a, sizeof kf_src);
+    if (kf_kind == 1)
+        for (int64_t i = 0; i < n; i++) {
+            kf_sys[i * PAGE] = 1;                     /* the page exists */
+            sink_byte = *(volatile char *)(kf_app + i * PAGE); /* and is mapped read-only */
+        }
+    struct sigaction sa = {.sa_sigaction = on_kernel_fault, .sa_flags = SA_SIGINFO}, old;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGSEGV, &sa, &old) != 0)
+        die("sigaction");
+    int64_t i = 0;
+    while (dsm_bench_next(st)) {
+        char *a = kf_app + i++ * PAGE;
+        double t0 = dsm_bench_now();
+        if (kf_kind == 0)
+            sink_byte = *(volatile char *)a;
+        else
+            *(volatile char *)a = 2;
+        dsm_bench_set_time(st, dsm_bench_now() - t0);
+    }
+    sigaction(SIGSEGV, &old, NULL);
+    munmap(kf_app, kf_len);
+    munmap(kf_sys, kf_len);
+    close(fd);
+    barrier();
+}
+
 /* ---- rendezvous of the raw baselines: rank 1 publishes a word through shared memory ---- */
 
 static uint64_t *board;  /* one page homed at rank 1 */
@@ -524,7 +593,6 @@ static char *fresh_pages(int64_t n)
     return pages;
 }
 
-static volatile char sink_byte;
 
 /* Under DSM_STATS=2 libdsm stamps each phase of a read miss, per page (libdsm/stats.h). The benchmark reports
  * the median of each phase over its misses (a preemption on a shared machine moves a mean, not a median), the
@@ -966,6 +1034,8 @@ static void register_all(void)
 {
     static const int64_t rr_sizes[] = {8, 4096};
     reg("base/fault_local", b_fault_floor, 2000, NULL, 0, 0);
+    static const int64_t kf_kinds[] = {0, 1};
+    reg("base/fault_kernel", b_fault_kernel, 2000, kf_kinds, 2, 0);
     reg("base/tcp_rr", b_tcp_rr, 2000, rr_sizes, 2, 0);
     reg("base/shm_pingpong", b_shm_pp, 5000, rr_sizes, 2, 0);
     reg("tp/am_pingpong", b_am_pingpong, 2000, rr_sizes, 2, 0);

@@ -124,6 +124,11 @@ class Report:
                                          "≤ 1×", v <= ARGO_MISS_US))
                 row("upgrade (Shared to Modified)", g("coh/upgrade"), f"local fault + {rname} 8 B", add(fault, r8),
                     1.2)
+                # The same misses against the kernel's own share of them (base/fault_kernel, no target: analysis).
+                row("read miss, clean at its home", g("coh/read_miss/0"),
+                    f"first-touch fault on shared memory + {rname} 4 KiB", add(g("base/fault_kernel/0"), r4k))
+                row("upgrade (Shared to Modified)", g("coh/upgrade"),
+                    f"write fault on read-only shared memory + {rname} 8 B", add(g("base/fault_kernel/1"), r8))
                 for s in ("0", "1", str(n - 1)):
                     v = g(f"coh/write_miss/{s}")
                     if v is not None and not any(r[2] == f"write miss, {s} sharer(s)" and r[1] == n and r[0] == tp
