@@ -46,7 +46,8 @@
  * before it handles any later message of the same peer, so a reply is never handled after a message the peer
  * sent after it (the per-pair order the coherence protocol relies on); it may be handled before messages the peer
  * sent earlier, which only the requester's protocol can allow (DESIGN.md 4.3: a grant never has an earlier
- * message of its page still unacknowledged).
+ * message of its page still unacknowledged). shm writes the answer into a slot of the requester's mailbox; tcp
+ * sends it in order on the pair's connection, which the waiting thread reads itself (transport/tcp/tcp.c).
  */
 #ifndef DSM_TRANSPORT_H
 #define DSM_TRANSPORT_H
