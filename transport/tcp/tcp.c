@@ -97,9 +97,9 @@ struct tcp_conn {
 };
 
 struct tcp_slot {
-    uint32_t word; /* SLOT_*: futex word */
-    int peer;      /* the peer it is armed for, -1 when free */
-    int owns;      /* its waiting thread holds the connection's read side (owner only) */
+    uint32_t word;       /* SLOT_*: futex word */
+    int peer;            /* the peer it is armed for, -1 when free */
+    struct tcp_conn *c;  /* the connection whose read side its waiting thread holds, or NULL (owner only) */
 };
 
 struct tcp_op {
@@ -141,6 +141,7 @@ struct dsm_tp {
 };
 
 static __thread int in_progress; /* this thread runs tcp_progress: it must never wait for a reply itself */
+static __thread struct tcp_slot *owned_slot; /* the slot for which this thread holds a connection's read side */
 
 static int listener_tag; /* epoll data for the listening socket */
 
@@ -369,6 +370,7 @@ static int queue_append(struct tcp_conn *c, const struct iovec *iov, int n, size
 
 static int conn_send(dsm_tp_t *tp, struct tcp_conn *c, const dsm_wire_hdr_t *h, const void *p1, size_t l1,
                      const void *p2, size_t l2, const void *p3, size_t l3);
+static void own_give_back(dsm_tp_t *tp);
 
 /* conn_send from a thread that may not allocate, when the queue lacks room. A partly sent frame (sent > 0)
  * must be completed from here, byte for byte, while holding the send lock. */
@@ -376,6 +378,7 @@ static int conn_send_wait(dsm_tp_t *tp, struct tcp_conn *c, const dsm_wire_hdr_t
                           const void *p2, size_t l2, const void *p3, size_t l3, size_t sent)
 {
     int64_t deadline = now_ms() + tp->core->timeout_ms;
+    own_give_back(tp);
     if (sent) {
         uint8_t hb[DSM_WIRE_HDR_SIZE];
         dsm_wire_hdr_enc(hb, h);
@@ -1210,6 +1213,36 @@ static void conn_unown(dsm_tp_t *tp, struct tcp_conn *c)
     pthread_mutex_unlock(&c->slock);
 }
 
+/* The thread waiting for slot t takes c's read side, or gives it back; owned_slot lets a send that must wait give
+ * it back too (own_give_back). */
+static int slot_take_conn(dsm_tp_t *tp, struct tcp_slot *s, struct tcp_conn *c, uint32_t t)
+{
+    if (s->c == c)
+        return 1;
+    if (!conn_own(tp, c, t))
+        return 0;
+    s->c = c;
+    owned_slot = s;
+    return 1;
+}
+
+static void slot_give_conn(dsm_tp_t *tp, struct tcp_slot *s)
+{
+    if (!s->c)
+        return;
+    conn_unown(tp, s->c);
+    s->c = NULL;
+    owned_slot = NULL;
+}
+
+/* A thread that must wait to send gives back the connection it holds for its reply: nobody would read it while
+ * it waits, and a peer may need this node to read before it can read what this thread sends. */
+static void own_give_back(dsm_tp_t *tp)
+{
+    if (owned_slot)
+        slot_give_conn(tp, owned_slot);
+}
+
 /* A slot for one answer from peer. The connection's read side is taken now, before the request goes out, so that
  * the answer's arrival does not wake progress (it would, with EPOLLIN still set, while the request is sent). */
 static uint32_t tcp_reply_arm(dsm_tp_t *tp, int peer)
@@ -1225,7 +1258,7 @@ static uint32_t tcp_reply_arm(dsm_tp_t *tp, int peer)
             continue;
         __atomic_store_n(&tp->slots[t].peer, peer, __ATOMIC_RELAXED);
         __atomic_store_n(&tp->slots[t].word, SLOT_ARMED, __ATOMIC_RELEASE);
-        tp->slots[t].owns = conn_own(tp, c, t);
+        slot_take_conn(tp, &tp->slots[t], c, t);
         return t;
     }
     return 0;
@@ -1328,27 +1361,19 @@ static int tcp_reply_wait(dsm_tp_t *tp, uint32_t t, int timeout_ms)
     for (;;) {
         uint32_t w = __atomic_load_n(&s->word, __ATOMIC_ACQUIRE);
         if (w == SLOT_DONE) {
-            if (s->owns)
-                conn_unown(tp, c);
-            s->owns = 0;
+            slot_give_conn(tp, s);
             slot_release(tp, t);
             return DSM_OK;
         }
         uint64_t now = now_ns();
         if (now >= deadline) {
-            if (s->owns) /* progress reads meanwhile: the caller may be slow to come back */
-                conn_unown(tp, c);
-            s->owns = 0;
+            slot_give_conn(tp, s); /* progress reads meanwhile: the caller may be slow to come back */
             return DSM_ETIMEDOUT;
         }
-        if (own && (s->owns || conn_own(tp, c, t))) {
+        if (own && slot_take_conn(tp, s, c, t)) {
             own = own_read(tp, c, t, deadline);
-            if (!own) {
-                conn_unown(tp, c);
-                s->owns = 0;
-            } else {
-                s->owns = 1;
-            }
+            if (!own)
+                slot_give_conn(tp, s);
             continue;
         }
         if (w == SLOT_ARMED &&
