@@ -62,6 +62,7 @@
 #include "dsm.h"
 #include "transport/auth.h"
 #include "transport/futex.h"
+#include "transport/slots.h"
 #include "transport/shm/shm.h"
 #include "transport/transport.h"
 #include "transport/wire.h"
@@ -700,7 +701,7 @@ static void reply_release(dsm_tp_t *tp, uint32_t t)
 {
     __atomic_store_n(&tp->reply_peer[t], -1, __ATOMIC_RELAXED);
     __atomic_store_n(&reply_slot(tp->mbox, t)->word, REPLY_FREE, __ATOMIC_RELEASE);
-    __atomic_or_fetch(&tp->reply_free, 1ull << t, __ATOMIC_RELEASE);
+    dsm_slot_put(&tp->reply_free, t);
 }
 
 /* Progress, before the records of a drain whose tail it has read: handle every filled reply, and wait for one
@@ -739,20 +740,15 @@ static uint32_t shm_reply_arm(dsm_tp_t *tp, int peer)
 {
     if (!peer_get(tp, peer))
         return 0;
-    uint64_t v = __atomic_load_n(&tp->reply_free, __ATOMIC_ACQUIRE);
-    while (v) {
-        uint32_t t = (uint32_t)__builtin_ctzll(v);
-        if (!__atomic_compare_exchange_n(&tp->reply_free, &v, v & ~(1ull << t), 0, __ATOMIC_ACQ_REL,
-                                         __ATOMIC_ACQUIRE))
-            continue;
-        struct shm_reply *r = reply_slot(tp->mbox, t);
-        if (__atomic_load_n(&r->word, __ATOMIC_ACQUIRE) != REPLY_FREE)
-            return 0; /* written while free: garbage; the slot stays out of use */
-        __atomic_store_n(&tp->reply_peer[t], peer, __ATOMIC_RELAXED);
-        __atomic_store_n(&r->word, REPLY_ARMED, __ATOMIC_SEQ_CST);
-        return t;
-    }
-    return 0;
+    uint32_t t = dsm_slot_take(&tp->reply_free);
+    if (!t)
+        return 0;
+    struct shm_reply *r = reply_slot(tp->mbox, t);
+    if (__atomic_load_n(&r->word, __ATOMIC_ACQUIRE) != REPLY_FREE)
+        return 0; /* written while free: garbage; the slot stays out of use */
+    __atomic_store_n(&tp->reply_peer[t], peer, __ATOMIC_RELAXED);
+    __atomic_store_n(&r->word, REPLY_ARMED, __ATOMIC_SEQ_CST);
+    return t;
 }
 
 static int shm_reply_wait(dsm_tp_t *tp, uint32_t t, int timeout_ms)

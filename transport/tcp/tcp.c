@@ -53,6 +53,7 @@
 #include "transport/auth.h"
 #include "transport/futex.h"
 #include "transport/inaddr.h"
+#include "transport/slots.h"
 #include "transport/transport.h"
 #include "transport/wire.h"
 
@@ -1187,7 +1188,7 @@ static void slot_release(dsm_tp_t *tp, uint32_t t)
 {
     __atomic_store_n(&tp->slots[t].peer, -1, __ATOMIC_RELAXED);
     __atomic_store_n(&tp->slots[t].word, SLOT_FREE, __ATOMIC_RELEASE);
-    __atomic_or_fetch(&tp->reply_free, 1ull << t, __ATOMIC_RELEASE);
+    dsm_slot_put(&tp->reply_free, t);
 }
 
 /* Take c's read side for the thread waiting for slot t, out of progress's epoll set. */
@@ -1250,18 +1251,13 @@ static uint32_t tcp_reply_arm(dsm_tp_t *tp, int peer)
     struct tcp_conn *c = peer_conn(tp, peer);
     if (!c || in_progress)
         return 0;
-    uint64_t v = __atomic_load_n(&tp->reply_free, __ATOMIC_ACQUIRE);
-    while (v) {
-        uint32_t t = (uint32_t)__builtin_ctzll(v);
-        if (!__atomic_compare_exchange_n(&tp->reply_free, &v, v & ~(1ull << t), 0, __ATOMIC_ACQ_REL,
-                                         __ATOMIC_ACQUIRE))
-            continue;
-        __atomic_store_n(&tp->slots[t].peer, peer, __ATOMIC_RELAXED);
-        __atomic_store_n(&tp->slots[t].word, SLOT_ARMED, __ATOMIC_RELEASE);
-        slot_take_conn(tp, &tp->slots[t], c, t);
-        return t;
-    }
-    return 0;
+    uint32_t t = dsm_slot_take(&tp->reply_free);
+    if (!t)
+        return 0;
+    __atomic_store_n(&tp->slots[t].peer, peer, __ATOMIC_RELAXED);
+    __atomic_store_n(&tp->slots[t].word, SLOT_ARMED, __ATOMIC_RELEASE);
+    slot_take_conn(tp, &tp->slots[t], c, t);
+    return t;
 }
 
 /* Wait until c is readable or the deadline (the wait mode's way); *start: when the first wait began (0: now).
