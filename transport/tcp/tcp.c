@@ -779,6 +779,17 @@ static void reply_status(dsm_tp_t *tp, struct tcp_conn *c, uint8_t type, uint64_
     conn_send(tp, c, &h, b, bl, payload, len, NULL, 0);
 }
 
+/* Copy a put's or a reply's payload into the registration it names: 1, or 0 when it names none of ours. */
+static int rma_land(dsm_tp_t *tp, const dsm_wire_rma_t *r, const uint8_t *payload)
+{
+    pthread_rwlock_rdlock(&tp->mrlock);
+    uint8_t *dst = mr_resolve(tp, r->key, r->addr, r->offset, r->len);
+    if (dst)
+        memcpy(dst, payload, r->len);
+    pthread_rwlock_unlock(&tp->mrlock);
+    return dst != NULL;
+}
+
 /* Handle one frame of an authenticated peer. Returns NULL, or why the connection must be dropped. */
 static const char *handle_frame(dsm_tp_t *tp, struct tcp_conn *c, const dsm_wire_hdr_t *h, const uint8_t *hdr,
                                 const uint8_t *payload)
@@ -798,18 +809,11 @@ static const char *handle_frame(dsm_tp_t *tp, struct tcp_conn *c, const dsm_wire
         dsm_wire_rma_dec(hdr, &r);
         if (r.len != h->payload_len)
             return "put length does not match its payload";
-        int st = DSM_OK;
-        pthread_rwlock_rdlock(&tp->mrlock);
-        uint8_t *dst = mr_resolve(tp, r.key, r.addr, r.offset, r.len);
-        if (dst)
-            memcpy(dst, payload, r.len);
-        else
-            st = DSM_EINVAL;
-        pthread_rwlock_unlock(&tp->mrlock);
-        if (!dst)
+        int landed = rma_land(tp, &r, payload), st = landed ? DSM_OK : DSM_EINVAL;
+        if (!landed)
             TLOG(tp, DSM_LOG_WARN, "node %d put outside a registration (key %u, offset %llu, %u bytes); refused",
                  c->peer, r.key, (unsigned long long)r.offset, r.len);
-        if (dst && h->type == DSM_WIRE_PUT_NOTIFY &&
+        if (landed && h->type == DSM_WIRE_PUT_NOTIFY &&
             tp->core->am_dispatch(c->peer, h->am_id, hdr + DSM_WIRE_RMA_SIZE, h->hdr_len - DSM_WIRE_RMA_SIZE,
                                   NULL, 0) != DSM_OK)
             return "malformed put notification";
@@ -888,15 +892,8 @@ static const char *handle_frame(dsm_tp_t *tp, struct tcp_conn *c, const dsm_wire
         dsm_wire_rma_dec(hdr, &r);
         if (r.len != h->payload_len)
             return "reply length does not match its payload";
-        if (r.len) {
-            pthread_rwlock_rdlock(&tp->mrlock);
-            uint8_t *dst = mr_resolve(tp, r.key, r.addr, r.offset, r.len);
-            if (dst)
-                memcpy(dst, payload, r.len);
-            pthread_rwlock_unlock(&tp->mrlock);
-            if (!dst)
-                return "reply outside a registration";
-        }
+        if (r.len && !rma_land(tp, &r, payload))
+            return "reply outside a registration";
         if (tp->core->am_dispatch(c->peer, h->am_id, hdr + DSM_WIRE_RMA_SIZE, h->hdr_len - DSM_WIRE_RMA_SIZE, NULL,
                                   0) != DSM_OK)
             return "malformed reply";
